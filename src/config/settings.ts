@@ -1,0 +1,147 @@
+// Effective settings: command-line flags (kebab-case) win over environment
+// variables (PVDP_ + the flag in upper snake case), which win over the
+// configuration file, which wins over the defaults.
+import { parseArgs } from 'node:util';
+import { ConfigError, UsageError } from '../errors.js';
+import { loadConfigFile } from './load.js';
+import type { FileConfig, ResourceConfig } from './schema.js';
+import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+export interface Settings {
+  configFile: string | null;
+  sysfsRoot: string;
+  devRoot: string;
+  devicePluginDir: string;
+  podResourcesSocket: string;
+  pollIntervalMs: number;
+  logLevel: LogLevel;
+  /** Run on the built-in simulated POWER node instead of the host's sysfs. */
+  simulate: boolean;
+  resources: ResourceConfig[];
+}
+
+/** Flags, their types and help; each also reads PVDP_<NAME> from the environment. */
+export const FLAGS = {
+  config: { type: 'string', help: 'YAML configuration file (resources, selectors, preparation modes)' },
+  'sysfs-root': { type: 'string', help: 'Root under which sys/ is read (default /)' },
+  'dev-root': { type: 'string', help: 'Root under which dev/vfio is read (default /)' },
+  'device-plugin-dir': { type: 'string', help: `Kubelet device-plugins directory (default ${DEFAULT_DEVICE_PLUGIN_DIR})` },
+  'pod-resources-socket': { type: 'string', help: `Kubelet PodResources socket (default ${DEFAULT_POD_RESOURCES_SOCKET})` },
+  'poll-interval': { type: 'string', help: 'Seconds between safety rescans of sysfs (default 10)' },
+  'log-level': { type: 'string', help: 'fatal, error, warn, info, debug, trace or silent (default info)' },
+  simulate: { type: 'boolean', help: 'Run on the built-in simulated POWER node' },
+  help: { type: 'boolean', help: 'Show this help' },
+} as const;
+
+export type FlagName = keyof typeof FLAGS;
+
+export function envNameOf(flag: string): string {
+  return `PVDP_${flag.toUpperCase().replace(/-/g, '_')}`;
+}
+
+export function usage(): string {
+  const lines = Object.entries(FLAGS).map(([name, spec]) => {
+    const arg = spec.type === 'string' ? ` <value>` : '';
+    const env = name === 'help' ? '' : ` [env ${envNameOf(name)}]`;
+    return `  --${name}${arg}`.padEnd(34) + `${spec.help}${env}`;
+  });
+  return [
+    'Usage: power-vfio-device-plugin [run|demo] [flags]',
+    '',
+    '  run    Serve the kubelet (default)',
+    '  demo   Run on the simulated POWER node with a built-in kubelet and show what happens',
+    '',
+    ...lines,
+  ].join('\n');
+}
+
+export interface ParsedCommandLine {
+  command: 'run' | 'demo';
+  values: Partial<Record<FlagName, string | boolean>>;
+}
+
+export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv): ParsedCommandLine {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      options: Object.fromEntries(Object.entries(FLAGS).map(([k, v]) => [k, { type: v.type }])) as Record<
+        string,
+        { type: 'string' | 'boolean' }
+      >,
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}\n\n${usage()}`);
+  }
+  const [command = 'run', ...extra] = parsed.positionals;
+  if (command !== 'run' && command !== 'demo') throw new UsageError(`Unknown command "${command}"\n\n${usage()}`);
+  if (extra.length > 0) throw new UsageError(`Unexpected arguments: ${extra.join(' ')}`);
+  const values: Partial<Record<FlagName, string | boolean>> = {};
+  for (const name of Object.keys(FLAGS) as FlagName[]) {
+    const fromFlag = parsed.values[name];
+    if (fromFlag !== undefined) {
+      values[name] = fromFlag as string | boolean;
+      continue;
+    }
+    if (name === 'help') continue;
+    const fromEnv = env[envNameOf(name)];
+    if (fromEnv === undefined || fromEnv === '') continue;
+    if (FLAGS[name].type === 'boolean') {
+      if (!/^(1|0|true|false|yes|no)$/i.test(fromEnv)) {
+        throw new UsageError(`${envNameOf(name)}=${fromEnv}: expected true or false`);
+      }
+      values[name] = /^(1|true|yes)$/i.test(fromEnv);
+    } else {
+      values[name] = fromEnv;
+    }
+  }
+  return { command, values };
+}
+
+function positiveSeconds(text: string, what: string): number {
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0 || n > 3600) throw new UsageError(`${what}: "${text}" is not a number of seconds in (0, 3600]`);
+  return n;
+}
+
+/**
+ * Combines flags, environment and file. `fallbackConfig` supplies resources
+ * when no file is named (the simulated node's built-in configuration).
+ */
+export async function resolveSettings(
+  values: ParsedCommandLine['values'],
+  fallbackConfig?: () => FileConfig,
+): Promise<Settings> {
+  const configFile = typeof values.config === 'string' ? values.config : null;
+  const simulate = values.simulate === true;
+  let file: FileConfig | undefined;
+  if (configFile) file = await loadConfigFile(configFile);
+  else if (fallbackConfig) file = fallbackConfig();
+  if (!file) {
+    throw new ConfigError('No configuration: pass --config <file> (or PVDP_CONFIG) naming the resources to advertise', [
+      'config: required',
+    ]);
+  }
+  const str = (name: FlagName) => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
+  const level = str('log-level') ?? file.logLevel ?? 'info';
+  if (!LOG_LEVELS.includes(level as LogLevel)) {
+    throw new UsageError(`--log-level: "${level}" is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const pollSeconds = str('poll-interval') !== undefined ? positiveSeconds(str('poll-interval')!, '--poll-interval') : (file.pollIntervalSeconds ?? 10);
+  return {
+    configFile,
+    sysfsRoot: str('sysfs-root') ?? file.sysfsRoot ?? '/',
+    devRoot: str('dev-root') ?? file.devRoot ?? '/',
+    devicePluginDir: str('device-plugin-dir') ?? file.devicePluginDir ?? DEFAULT_DEVICE_PLUGIN_DIR,
+    podResourcesSocket: str('pod-resources-socket') ?? file.podResourcesSocket ?? DEFAULT_POD_RESOURCES_SOCKET,
+    pollIntervalMs: Math.round(pollSeconds * 1000),
+    logLevel: level as LogLevel,
+    simulate,
+    resources: file.resources,
+  };
+}

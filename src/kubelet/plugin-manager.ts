@@ -1,0 +1,304 @@
+// Keeps one DevicePlugin server per configured resource served and registered
+// for as long as the plugin runs: across kubelet restarts (which delete our
+// sockets), ended ListAndWatch streams and a kubelet that is not up yet.
+import { watch, type FSWatcher } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import type { ResourceConfig } from '../config/schema.js';
+import { selectGroups, type SelectionConflict } from '../config/selection.js';
+import type { IommuGroup, Topology } from '../topology/types.js';
+import { groupHealth } from '../health/group-health.js';
+import type { AdvertisedDevice } from './allocation.js';
+import { DevicePluginServer, type PreStartHook } from './device-plugin-server.js';
+import { registerWithKubelet } from './registration.js';
+import { KUBELET_SOCKET_NAME } from './proto.js';
+
+/** Prepares groups before a container of `resource` starts (verify or handoff). */
+export type Preparer = (resource: ResourceConfig, groups: IommuGroup[]) => Promise<void>;
+
+export interface PluginManagerOptions {
+  /** The kubelet's device-plugins directory. */
+  pluginDir: string;
+  resources: readonly ResourceConfig[];
+  preparer?: Preparer;
+  logger?: Logger;
+  /** How often to check the sockets when no watch event came (safety net). */
+  checkIntervalMs?: number;
+  /** First and largest delay between registration attempts. */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  /** Register deadline; the kubelet's own dial back allows 10 s. */
+  registerTimeoutMs?: number;
+  /** Told on every successful registration, for metrics. */
+  onRegistered?: (resource: string, reason: string) => void;
+}
+
+/** A socket name unique per resource, short enough for the 108-byte socket path limit. */
+export function socketNameFor(pluginDir: string, resource: string): string {
+  const readable = `pvdp-${resource.replace(/[^A-Za-z0-9.-]/g, '_')}.sock`;
+  if (Buffer.byteLength(join(pluginDir, readable)) <= 100) return readable;
+  return `pvdp-${createHash('sha256').update(resource).digest('hex').slice(0, 16)}.sock`;
+}
+
+async function fileIdentity(path: string): Promise<string | null> {
+  try {
+    const s = await stat(path);
+    return `${s.ino}:${s.ctimeMs}`;
+  } catch {
+    return null;
+  }
+}
+
+class ResourceEndpoint {
+  readonly server: DevicePluginServer;
+  private generation = 0;
+  private registeredKubelet: string | null = null;
+  private failedKubelet: string | null = null;
+  private running: Promise<void> | null = null;
+  private pendingReason: string | null = null;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private retryDelay: number;
+  private closed = false;
+  registrations = 0;
+
+  constructor(
+    readonly resource: ResourceConfig,
+    private readonly manager: PluginManager,
+    private readonly opts: Required<Pick<PluginManagerOptions, 'pluginDir' | 'retryMinMs' | 'retryMaxMs' | 'registerTimeoutMs'>> &
+      Pick<PluginManagerOptions, 'onRegistered'>,
+    preStart: PreStartHook | undefined,
+    private readonly logger: Logger,
+  ) {
+    this.retryDelay = opts.retryMinMs;
+    const socketName = socketNameFor(opts.pluginDir, resource.name);
+    this.server = new DevicePluginServer({
+      resourceName: resource.name,
+      socketPath: join(opts.pluginDir, socketName),
+      preStartRequired: resource.preparation.mode !== 'none',
+      ...(preStart ? { preStart } : {}),
+      onStreamEnded: (tag) => this.streamEnded(tag),
+      logger,
+    });
+  }
+
+  get kubeletSocket(): string {
+    return join(this.opts.pluginDir, KUBELET_SOCKET_NAME);
+  }
+
+  get registered(): boolean {
+    return this.registeredKubelet !== null;
+  }
+
+  /** Serve (again if our socket went) and register (again); concurrent requests coalesce. */
+  ensure(reason: string): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    if (this.running) {
+      this.pendingReason = reason;
+      return this.running;
+    }
+    this.running = this.run(reason).finally(() => {
+      this.running = null;
+      const next = this.pendingReason;
+      this.pendingReason = null;
+      if (next !== null && !this.closed) void this.ensure(next);
+    });
+    return this.running;
+  }
+
+  private async run(reason: string): Promise<void> {
+    if (this.retryTimer) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    let kubelet: string | null = null;
+    try {
+      if (!this.server.running || !(await this.server.socketPresent())) {
+        await this.server.stop();
+        if (this.closed) return;
+        await this.server.start();
+      }
+      if (this.closed) return;
+      kubelet = await fileIdentity(this.kubeletSocket);
+      if (kubelet === null) {
+        throw new Error(`the kubelet socket ${this.kubeletSocket} does not exist yet`);
+      }
+      this.generation += 1;
+      this.server.streamTag = this.generation;
+      await registerWithKubelet({
+        kubeletSocket: this.kubeletSocket,
+        endpoint: this.server.socketPath.slice(this.opts.pluginDir.length).replace(/^\/+/, ''),
+        resourceName: this.resource.name,
+        options: {
+          pre_start_required: this.resource.preparation.mode !== 'none',
+          get_preferred_allocation_available: true,
+        },
+        timeoutMs: this.opts.registerTimeoutMs,
+      });
+      this.registeredKubelet = kubelet;
+      this.failedKubelet = null;
+      this.registrations += 1;
+      this.retryDelay = this.opts.retryMinMs;
+      this.logger.info({ reason, registrations: this.registrations }, 'Registered with the kubelet');
+      this.opts.onRegistered?.(this.resource.name, reason);
+    } catch (err) {
+      this.registeredKubelet = null;
+      this.failedKubelet = kubelet;
+      if (this.closed) return;
+      const delay = this.retryDelay;
+      this.retryDelay = Math.min(this.retryDelay * 2, this.opts.retryMaxMs);
+      this.logger.warn({ reason, retryInMs: delay, err: (err as Error).message }, 'Registration failed; will retry');
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = null;
+        void this.ensure('retry');
+      }, delay);
+    }
+  }
+
+  /** Compares what is on disk with what we registered with. */
+  async check(): Promise<void> {
+    if (this.closed || this.running) return;
+    if (this.server.running && !(await this.server.socketPresent())) {
+      void this.ensure('our socket was removed (kubelet restart)');
+      return;
+    }
+    const kubelet = await fileIdentity(this.kubeletSocket);
+    // A kubelet socket we have not registered with, and have not just failed
+    // against (that one is retried with backoff), is worth trying now.
+    if (kubelet !== null && kubelet !== this.registeredKubelet && kubelet !== this.failedKubelet) {
+      void this.ensure(this.registeredKubelet === null ? 'kubelet socket appeared' : 'a new kubelet socket appeared');
+    }
+  }
+
+  private streamEnded(tag: number): void {
+    if (this.closed || tag !== this.generation || this.server.streamsWithTag(tag) > 0) return;
+    // The kubelet never reopens a stream by itself: register again so it does.
+    this.registeredKubelet = null;
+    this.manager.scheduleCheck();
+    void this.ensure('ListAndWatch stream ended');
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    await this.running?.catch(() => undefined);
+    await this.server.stop();
+  }
+}
+
+export class PluginManager {
+  private readonly logger: Logger;
+  private readonly endpoints: ResourceEndpoint[];
+  private readonly options: PluginManagerOptions;
+  private watcher: FSWatcher | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private checkTimer: NodeJS.Timeout | null = null;
+  private conflictsText = '';
+  private stopped = false;
+  /** Last selection conflicts, for reporting. */
+  conflicts: SelectionConflict[] = [];
+
+  constructor(options: PluginManagerOptions) {
+    this.options = options;
+    this.logger = (options.logger ?? silentLogger()).child({ room: 'kubelet' });
+    const opts = {
+      pluginDir: options.pluginDir,
+      retryMinMs: options.retryMinMs ?? 250,
+      retryMaxMs: options.retryMaxMs ?? 10_000,
+      registerTimeoutMs: options.registerTimeoutMs ?? 15_000,
+      ...(options.onRegistered ? { onRegistered: options.onRegistered } : {}),
+    };
+    this.endpoints = options.resources.map((resource) => {
+      const preparer = options.preparer;
+      const hook: PreStartHook | undefined =
+        preparer && resource.preparation.mode !== 'none' ? (groups) => preparer(resource, groups) : undefined;
+      return new ResourceEndpoint(resource, this, opts, hook, this.logger.child({ resource: resource.name }));
+    });
+  }
+
+  /** The server of one resource (tests and reporting). */
+  server(resource: string): DevicePluginServer | undefined {
+    return this.endpoints.find((e) => e.resource.name === resource)?.server;
+  }
+
+  registrations(resource: string): number {
+    return this.endpoints.find((e) => e.resource.name === resource)?.registrations ?? 0;
+  }
+
+  /** Recomputes each resource's devices from a topology; streams get changes at once. */
+  applyTopology(topology: Topology): void {
+    const selection = selectGroups(topology, this.options.resources);
+    for (const endpoint of this.endpoints) {
+      const groups = selection.byResource.get(endpoint.resource.name) ?? [];
+      const devices: AdvertisedDevice[] = groups.map((group) => {
+        const health = groupHealth(group);
+        return { group, healthy: health.healthy, ...(health.reason ? { reason: health.reason } : {}) };
+      });
+      endpoint.server.setDevices(devices);
+    }
+    this.conflicts = selection.conflicts;
+    const text = JSON.stringify(selection.conflicts);
+    if (text !== this.conflictsText) {
+      this.conflictsText = text;
+      for (const conflict of selection.conflicts) {
+        this.logger.warn(
+          { group: conflict.group, resources: conflict.resources },
+          'IOMMU group matches several resources; advertised by none until the selectors are made disjoint',
+        );
+      }
+    }
+  }
+
+  /** Serves every resource, then registers; returns once each had a first attempt. */
+  async start(): Promise<void> {
+    this.startWatching();
+    const interval = this.options.checkIntervalMs ?? 1000;
+    this.pollTimer = setInterval(() => this.scheduleCheck(), interval);
+    await Promise.all(this.endpoints.map((e) => e.ensure('start')));
+  }
+
+  private startWatching(): void {
+    if (this.watcher || this.stopped) return;
+    try {
+      this.watcher = watch(this.options.pluginDir, { persistent: false }, () => this.scheduleCheck());
+      this.watcher.on('error', (err) => {
+        this.logger.warn({ err: err.message }, 'Lost the watch on the device-plugins directory; polling until it is back');
+        this.watcher?.close();
+        this.watcher = null;
+      });
+    } catch (err) {
+      this.logger.warn({ dir: this.options.pluginDir, err: (err as Error).message }, 'Cannot watch the device-plugins directory yet');
+    }
+  }
+
+  /** Checks sockets soon, coalescing bursts of directory events. */
+  scheduleCheck(): void {
+    if (this.stopped || this.checkTimer) return;
+    this.checkTimer = setTimeout(() => {
+      this.checkTimer = null;
+      if (!this.watcher) this.startWatching();
+      for (const e of this.endpoints) {
+        e.check().catch((err: unknown) => this.logger.error({ err: (err as Error).message }, 'Socket check failed'));
+      }
+    }, 20);
+  }
+
+  registered(resource: string): boolean {
+    return this.endpoints.find((e) => e.resource.name === resource)?.registered ?? false;
+  }
+
+  /** Ends streams, removes our sockets; the kubelet then marks our devices unhealthy. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    if (this.checkTimer) clearTimeout(this.checkTimer);
+    this.pollTimer = null;
+    this.checkTimer = null;
+    await Promise.all(this.endpoints.map((e) => e.close()));
+  }
+}
