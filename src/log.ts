@@ -18,7 +18,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    options.destination ?? pino.destination({ dest: 1, sync: false }),
+    // Synchronous writes: a line logged just before exit is never lost.
+    options.destination ?? pino.destination({ dest: 1, sync: true }),
   );
 }
 

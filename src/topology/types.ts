@@ -102,4 +102,6 @@ export interface TopologyChange {
   removed: number[];
   changed: number[];
   topology: Topology;
+  /** True when `/dev/vfio/vfio` appeared or vanished; absent when it did not change. */
+  containerNodeChanged?: boolean;
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/env node
+// Command-line entry point: `run` serves the kubelet, `demo` shows the plugin
+// at work on the built-in simulated POWER node.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createLogger, type Logger } from '../log.js';
+import { PluginError } from '../errors.js';
+import { parseCommandLine, resolveSettings, usage, type Settings } from '../config/settings.js';
+import { Daemon } from '../daemon.js';
+import { routeGrpcLogs } from './grpc-logging.js';
+import { simulatedNodeConfig } from '../simulate/node-config.js';
+import { writeSysfsTree } from '../simulate/sysfs-tree.js';
+import { builtinPowerNode } from '../simulate/power-node.js';
+import { runDemo } from './demo.js';
+
+async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
+  let simulatedDir: string | null = null;
+  if (settings.simulate) {
+    simulatedDir = await mkdtemp('/tmp/pvdp-sim-');
+    const roots = await writeSysfsTree(simulatedDir, builtinPowerNode());
+    settings = { ...settings, sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot };
+    logger.info({ root: simulatedDir }, 'Running on the simulated POWER node');
+  }
+  const daemon = new Daemon(settings, { logger });
+  const done = new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'Shutting down');
+      daemon
+        .stop()
+        .then(async () => {
+          if (simulatedDir) await rm(simulatedDir, { recursive: true, force: true });
+          resolve(0);
+        })
+        .catch((err: unknown) => {
+          logger.error({ err: (err as Error).message }, 'Shutdown failed');
+          resolve(1);
+        });
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  process.on('SIGHUP', () => {
+    daemon.refresh().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'Rescan failed'));
+  });
+  const topology = await daemon.start();
+  logger.info(
+    { groups: topology.groups.size, resources: settings.resources.map((r) => r.name), pluginDir: settings.devicePluginDir },
+    'Plugin started',
+  );
+  return done;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const cli = parseCommandLine(argv, process.env);
+  if (cli.values.help) {
+    console.log(usage());
+    return 0;
+  }
+  if (cli.command === 'demo') {
+    return runDemo();
+  }
+  const simulate = cli.values.simulate === true;
+  const settings = await resolveSettings(cli.values, simulate ? simulatedNodeConfig : undefined);
+  const logger = createLogger({ level: settings.logLevel });
+  routeGrpcLogs(logger);
+  return runDaemon(settings, logger);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+    // Give the asynchronous log destination a moment to flush, then leave.
+    setTimeout(() => process.exit(code), 50).unref();
+  },
+  (err: unknown) => {
+    if (err instanceof PluginError) {
+      console.error(err.message);
+      process.exit(2);
+    }
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,138 @@
+// Pure parsers for the text sysfs hands us. Kept apart from the I/O so every
+// odd spelling seen on real kernels can be tested on strings alone.
+import type { EehInfo } from './types.js';
+
+/** `DDDD:BB:DD.F`, domain 4+ hex digits (sysfs prints at least 4). */
+const PCI_ADDRESS = /^([0-9a-f]{4,8}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$/i;
+
+/** True when the name is a PCI address as sysfs spells it. */
+export function isPciAddress(text: string): boolean {
+  return PCI_ADDRESS.test(text);
+}
+
+/** The PCI domain (PHB) of an address; hex in the address, so `0035:...` is 53. */
+export function pciDomain(address: string): number | null {
+  const m = PCI_ADDRESS.exec(address);
+  return m?.[1] === undefined ? null : Number.parseInt(m[1], 16);
+}
+
+/** True for a decimal group number as `/sys/kernel/iommu_groups` names them. */
+export function isGroupNumber(text: string): boolean {
+  return /^(0|[1-9][0-9]{0,9})$/.test(text);
+}
+
+/**
+ * Normalise a sysfs hex id (`0x1014`, `0x010802`, `1014`) to `digits`
+ * lower-case hex digits without `0x`. Null when it is not hex or too wide.
+ */
+export function normaliseHexId(text: string, digits: number): string | null {
+  const m = /^(?:0x)?([0-9a-f]+)$/i.exec(text.trim());
+  if (m?.[1] === undefined) return null;
+  // Strip leading zeros beyond the width before judging the width.
+  const value = m[1].toLowerCase().replace(/^0+(?=.)/, '');
+  if (value.length > digits) return null;
+  return value.padStart(digits, '0');
+}
+
+/** A decimal integer such as `numa_node` (`-1`, `0`, `8`); null when not one. */
+export function parseDecimal(text: string): number | null {
+  const t = text.trim();
+  if (!/^-?[0-9]{1,10}$/.test(t)) return null;
+  return Number.parseInt(t, 10);
+}
+
+/** A hex number with or without `0x` (`eeh_pe_config_addr`, `eeh_mode`); null when not one. */
+export function parseHexNumber(text: string): number | null {
+  const m = /^(?:0x)?([0-9a-f]{1,13})$/i.exec(text.trim());
+  return m?.[1] === undefined ? null : Number.parseInt(m[1], 16);
+}
+
+/** `driver_override` content: null when unset (`(null)`, empty). */
+export function parseDriverOverride(text: string): string | null {
+  const t = text.trim();
+  return t === '' || t === '(null)' ? null : t;
+}
+
+export interface GroupName {
+  /** PHB number, printed in decimal by the kernel (`domain%d`). */
+  phb: number;
+  /** PE number, printed in hex (`pe%lx`). */
+  pe: number;
+}
+
+/** Parse a group `name` such as `domain53-pe1fd`; null for any other spelling. */
+export function parseGroupName(name: string): GroupName | null {
+  const m = /^domain([0-9]{1,10})-pe([0-9a-f]{1,13})$/i.exec(name.trim());
+  if (m?.[1] === undefined || m[2] === undefined) return null;
+  return { phb: Number.parseInt(m[1], 10), pe: Number.parseInt(m[2], 16) };
+}
+
+/** EEH hardware state bits (first word of `eeh_pe_state`). */
+export const EEH_HW_MMIO_ACTIVE = 0x08;
+export const EEH_HW_DMA_ACTIVE = 0x10;
+/** EEH software state bits (second word). */
+export const EEH_SW_ISOLATED = 0x01;
+
+export interface EehPeState {
+  hardwareState: number | null;
+  softwareState: number | null;
+}
+
+/**
+ * Parse `eeh_pe_state`: "0x%08x 0x%08x" on current kernels, the same words
+ * without `0x` on older ones. A lone word is taken as the hardware state.
+ * Null when the text is not one or two hex words.
+ */
+export function parseEehPeState(text: string): EehPeState | null {
+  const words = text.trim().split(/\s+/);
+  if (words.length < 1 || words.length > 2 || words[0] === '') return null;
+  const hardwareState = parseHexNumber(words[0] ?? '');
+  if (hardwareState === null) return null;
+  if (words[1] === undefined) return { hardwareState, softwareState: null };
+  const softwareState = parseHexNumber(words[1]);
+  if (softwareState === null) return null;
+  return { hardwareState, softwareState };
+}
+
+/**
+ * Frozen when the PE is ISOLATED, or the hardware does not report both MMIO and
+ * DMA active. Unknown words do not count as frozen: absence of evidence is
+ * left to the health checks, which can re-read the state.
+ */
+export function isEehFrozen(state: EehPeState): boolean {
+  const { hardwareState, softwareState } = state;
+  if (softwareState !== null && (softwareState & EEH_SW_ISOLATED) !== 0) return true;
+  const active = EEH_HW_MMIO_ACTIVE | EEH_HW_DMA_ACTIVE;
+  if (hardwareState !== null && (hardwareState & active) !== active) return true;
+  return false;
+}
+
+/** Build `EehInfo` from whatever parts could be read. */
+export function makeEehInfo(
+  state: EehPeState | null,
+  configAddr: number | null,
+  mode: number | null,
+  source: string,
+): EehInfo {
+  const s = state ?? { hardwareState: null, softwareState: null };
+  return {
+    hardwareState: s.hardwareState,
+    softwareState: s.softwareState,
+    configAddr,
+    mode,
+    frozen: isEehFrozen(s),
+    source,
+  };
+}
+
+/** Last path component of a symlink target (`../../../bus/pci/drivers/nvme` -> `nvme`). */
+export function linkBasename(target: string): string {
+  const trimmed = target.replace(/\/+$/, '');
+  const i = trimmed.lastIndexOf('/');
+  return i < 0 ? trimmed : trimmed.slice(i + 1);
+}
+
+/** Vendor-neutral rule from the kernel: drivers named vfio* are VFIO drivers (vfio-pci and its variants). */
+export function isVfioDriver(driver: string): boolean {
+  return driver.includes('vfio');
+}

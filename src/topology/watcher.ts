@@ -1,0 +1,349 @@
+// Keeps the topology current without a restart. Three sources, cheapest first:
+// inotify on /dev/vfio (devtmpfs reports nodes coming and going, named by
+// group number), inotify on /sys/kernel/iommu_groups (works on test trees; real
+// sysfs sends nothing), and a safety poll that fingerprints every group and
+// rescans only the ones whose fingerprint moved. All scans run one at a time
+// through a queue, so a watch event and a poll never interleave their updates.
+import { EventEmitter } from 'node:events';
+import { watch, type FSWatcher } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import { diffTopologies, emptyTopology, isEmptyChange } from './diff.js';
+import { isGroupNumber } from './parse.js';
+import {
+  discoverGroup,
+  discoverTopology,
+  groupFingerprint,
+  iommuGroupsDir,
+  listGroupIds,
+  listVfioDevNodes,
+  mapLimit,
+  vfioDevDir,
+} from './scan.js';
+import type { DiscoveryIssue, DiscoveryRoots, IommuGroup, Topology, TopologyChange } from './types.js';
+
+export interface TopologyWatcherOptions {
+  /** Safety poll period; real sysfs sends no inotify events, so this bounds how stale a driver change can be. */
+  pollIntervalMs?: number;
+  /** Watch events arriving within this window are handled in one rescan. */
+  debounceMs?: number;
+  logger?: Logger;
+  /** Called like a `'change'` listener. */
+  onChange?: (change: TopologyChange) => void;
+  /** Groups fingerprinted or scanned at once. */
+  concurrency?: number;
+}
+
+/** Counters for tests and metrics. */
+export interface TopologyWatcherStats {
+  fullScans: number;
+  polls: number;
+  /** Groups rescanned individually (after a watch event or a fingerprint change). */
+  groupRescans: number;
+  /** Ids of the groups rescanned individually, most recent last (bounded). */
+  recentRescans: number[];
+}
+
+type WatchName = 'devVfio' | 'iommuGroups';
+
+interface ArmedWatch {
+  watcher: FSWatcher;
+  /** Inode of the watched directory: a recreated directory needs a new watch. */
+  ino: number;
+}
+
+const RECENT_LIMIT = 64;
+
+export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> {
+  readonly #roots: DiscoveryRoots;
+  readonly #pollIntervalMs: number;
+  readonly #debounceMs: number;
+  readonly #log: Logger;
+  readonly #onChange: ((change: TopologyChange) => void) | undefined;
+  readonly #concurrency: number;
+
+  #groups = new Map<number, IommuGroup>();
+  #groupIssues = new Map<number, DiscoveryIssue[]>();
+  #globalIssues: DiscoveryIssue[] = [];
+  #topology: Topology = emptyTopology();
+  /** Last fingerprint per group id; orphan device nodes are tracked too. */
+  #fingerprints = new Map<number, string>();
+
+  #queue: Promise<unknown> = Promise.resolve();
+  #pollTimer: NodeJS.Timeout | null = null;
+  #debounceTimer: NodeJS.Timeout | null = null;
+  #watches = new Map<WatchName, ArmedWatch>();
+  #pendingGroups = new Set<number>();
+  #pendingAll = false;
+  #pendingContainer = false;
+  #started = false;
+  #stopped = false;
+  #stats: TopologyWatcherStats = { fullScans: 0, polls: 0, groupRescans: 0, recentRescans: [] };
+
+  constructor(roots: DiscoveryRoots, options: TopologyWatcherOptions = {}) {
+    super();
+    this.#roots = roots;
+    this.#pollIntervalMs = options.pollIntervalMs ?? 5000;
+    this.#debounceMs = options.debounceMs ?? 50;
+    this.#log = options.logger ?? silentLogger();
+    this.#onChange = options.onChange;
+    this.#concurrency = options.concurrency ?? 32;
+  }
+
+  /** First full scan, then watches and the poll. Resolves with the first topology. */
+  async start(): Promise<Topology> {
+    if (this.#started) return this.#topology;
+    this.#started = true;
+    this.#stopped = false;
+    await this.#enqueue(() => this.#fullScan(false));
+    if (!this.#stopped) {
+      await this.#armWatches();
+      this.#schedulePoll();
+    }
+    return this.#topology;
+  }
+
+  /** The latest topology (empty before `start`). Each change produces a new object. */
+  current(): Topology {
+    return this.#topology;
+  }
+
+  stats(): TopologyWatcherStats {
+    return { ...this.#stats, recentRescans: [...this.#stats.recentRescans] };
+  }
+
+  /** Full rescan now; emits `'change'` when something changed and returns the change either way. */
+  refresh(): Promise<TopologyChange> {
+    return this.#enqueue(() => this.#fullScan(true));
+  }
+
+  /** Release every watch and timer; resolves when any scan in flight has finished. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#started = false;
+    if (this.#pollTimer !== null) clearTimeout(this.#pollTimer);
+    if (this.#debounceTimer !== null) clearTimeout(this.#debounceTimer);
+    this.#pollTimer = null;
+    this.#debounceTimer = null;
+    for (const name of [...this.#watches.keys()]) this.#disarm(name);
+    this.#pendingGroups.clear();
+    this.#pendingAll = false;
+    await this.#queue;
+  }
+
+  // ---- scanning ------------------------------------------------------------
+
+  #enqueue<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(task);
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Fingerprint first, then scan: a change in between shows up as a stale fingerprint on the next poll. */
+  async #fullScan(emit: boolean): Promise<TopologyChange> {
+    const prints = await this.#fingerprintAll();
+    const next = await discoverTopology(this.#roots, { logger: this.#log, concurrency: this.#concurrency });
+    this.#stats.fullScans++;
+    this.#fingerprints = prints;
+    this.#groups = new Map(next.groups);
+    this.#groupIssues = new Map();
+    this.#globalIssues = [];
+    for (const issue of next.issues) {
+      if (issue.group === undefined) this.#globalIssues.push(issue);
+      else this.#groupIssueList(issue.group).push(issue);
+    }
+    return this.#publish(next.containerNode, emit);
+  }
+
+  #groupIssueList(id: number): DiscoveryIssue[] {
+    let list = this.#groupIssues.get(id);
+    if (list === undefined) {
+      list = [];
+      this.#groupIssues.set(id, list);
+    }
+    return list;
+  }
+
+  async #fingerprintAll(): Promise<Map<number, string>> {
+    const [listing, dev] = await Promise.all([listGroupIds(this.#roots), listVfioDevNodes(this.#roots)]);
+    const ids = [...new Set([...listing.ids, ...dev.groups])];
+    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)));
+    const map = new Map<number, string>();
+    ids.forEach((id, i) => {
+      const p = prints[i];
+      if (p !== undefined && p !== null) map.set(id, p);
+    });
+    return map;
+  }
+
+  async #fingerprint(id: number, devNode: boolean): Promise<string | null> {
+    const p = await groupFingerprint(this.#roots, id, devNode);
+    // A device node without a group is tracked too, so its issue comes and goes.
+    return p ?? (devNode ? 'orphan-dev-node' : null);
+  }
+
+  /** Cheap check of every group; rescan only those whose fingerprint moved. */
+  async #poll(): Promise<void> {
+    this.#stats.polls++;
+    const [listing, dev] = await Promise.all([listGroupIds(this.#roots), listVfioDevNodes(this.#roots)]);
+    const ids = [...new Set([...listing.ids, ...dev.groups, ...this.#fingerprints.keys(), ...this.#groups.keys()])];
+    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)));
+    const dirty: number[] = [];
+    const fresh = new Map<number, string | null>();
+    ids.forEach((id, i) => {
+      const p = prints[i] ?? null;
+      const known = this.#fingerprints.get(id) ?? null;
+      if (p !== known || (p === null && this.#groups.has(id))) {
+        dirty.push(id);
+        fresh.set(id, p);
+      }
+    });
+    this.#globalIssues = listing.issues;
+    await this.#rescanGroups(dirty, 'poll', fresh);
+    this.#publish(dev.containerNode, true);
+  }
+
+  /** Rescan the given groups; `known` carries fingerprints already taken (before the rescan). */
+  async #rescanGroups(ids: number[], reason: string, known?: Map<number, string | null>): Promise<void> {
+    if (ids.length === 0) return;
+    const dev = known === undefined ? await listVfioDevNodes(this.#roots) : null;
+    await mapLimit(ids, this.#concurrency, async (id) => {
+      const print = known?.has(id) ? (known.get(id) ?? null) : await this.#fingerprint(id, dev?.groups.has(id) ?? false);
+      const { group, issues } = await discoverGroup(this.#roots, id);
+      if (print === null) this.#fingerprints.delete(id);
+      else this.#fingerprints.set(id, print);
+      if (group === null) this.#groups.delete(id);
+      else this.#groups.set(id, group);
+      if (issues.length === 0) this.#groupIssues.delete(id);
+      else this.#groupIssues.set(id, issues);
+    });
+    this.#stats.groupRescans += ids.length;
+    this.#stats.recentRescans.push(...ids);
+    if (this.#stats.recentRescans.length > RECENT_LIMIT) this.#stats.recentRescans.splice(0, this.#stats.recentRescans.length - RECENT_LIMIT);
+    this.#log.debug({ groupIds: ids, reason }, 'Rescanned groups');
+  }
+
+  /** Build the new topology from the per-group state, diff it and tell listeners. */
+  #publish(containerNode: boolean, emit: boolean): TopologyChange {
+    const ids = [...this.#groups.keys()].sort((a, b) => a - b);
+    const groups = new Map<number, IommuGroup>();
+    for (const id of ids) groups.set(id, this.#groups.get(id) as IommuGroup);
+    const issueIds = [...this.#groupIssues.keys()].sort((a, b) => a - b);
+    const issues = [...this.#globalIssues, ...issueIds.flatMap((id) => this.#groupIssues.get(id) ?? [])];
+    const next: Topology = { groups, containerNode, issues };
+    const change = diffTopologies(this.#topology, next);
+    this.#topology = next;
+    if (emit && !isEmptyChange(change) && !this.#stopped) {
+      this.#log.info(
+        { added: change.added, removed: change.removed, changed: change.changed, containerNode },
+        'Topology changed',
+      );
+      try {
+        this.emit('change', change);
+        this.#onChange?.(change);
+      } catch (err) {
+        this.#log.error({ err }, 'A topology change listener threw');
+      }
+    }
+    return change;
+  }
+
+  // ---- timers and watches ---------------------------------------------------
+
+  #schedulePoll(): void {
+    if (this.#stopped) return;
+    this.#pollTimer = setTimeout(() => {
+      this.#pollTimer = null;
+      this.#enqueue(async () => {
+        if (this.#stopped) return;
+        await this.#armWatches();
+        await this.#poll();
+      })
+        .catch((err: unknown) => this.#log.error({ err }, 'Topology poll failed; retrying at the next interval'))
+        .finally(() => this.#schedulePoll());
+    }, this.#pollIntervalMs);
+  }
+
+  async #armWatches(): Promise<void> {
+    await this.#arm('devVfio', vfioDevDir(this.#roots));
+    await this.#arm('iommuGroups', iommuGroupsDir(this.#roots));
+  }
+
+  /** (Re)arm one watch; a missing directory is retried at the next poll. */
+  async #arm(name: WatchName, dir: string): Promise<void> {
+    let ino: number;
+    try {
+      ino = (await stat(dir)).ino;
+    } catch {
+      if (this.#watches.has(name)) {
+        this.#log.debug({ dir }, 'Watched directory vanished; watching again when it returns');
+        this.#disarm(name);
+      }
+      return;
+    }
+    const armed = this.#watches.get(name);
+    if (armed !== undefined && armed.ino === ino) return;
+    if (armed !== undefined) this.#disarm(name);
+    if (this.#stopped) return;
+    try {
+      const watcher = watch(dir, { persistent: true }, (_event, filename) => this.#onWatchEvent(name, filename));
+      watcher.on('error', (err) => {
+        this.#log.debug({ err, dir }, 'Directory watch failed; the poll takes over');
+        this.#disarm(name);
+      });
+      this.#watches.set(name, { watcher, ino });
+      this.#log.debug({ dir }, 'Watching directory');
+    } catch (err) {
+      this.#log.debug({ err, dir }, 'Cannot watch directory yet; the poll takes over');
+    }
+  }
+
+  #disarm(name: WatchName): void {
+    const armed = this.#watches.get(name);
+    if (armed === undefined) return;
+    this.#watches.delete(name);
+    try {
+      armed.watcher.close();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  #onWatchEvent(source: WatchName, filename: string | Buffer | null): void {
+    if (this.#stopped) return;
+    const name = filename === null ? null : filename.toString();
+    if (name !== null && isGroupNumber(name)) this.#pendingGroups.add(Number(name));
+    // The container node changes no group: re-reading /dev/vfio is enough.
+    else if (source === 'devVfio' && name === 'vfio') this.#pendingContainer = true;
+    // Unnamed events or other names: let the cheap poll sort it out.
+    else this.#pendingAll = true;
+    if (this.#debounceTimer !== null) return;
+    this.#debounceTimer = setTimeout(() => {
+      this.#debounceTimer = null;
+      this.#enqueue(() => this.#flush()).catch((err: unknown) =>
+        this.#log.error({ err }, 'Rescan after a watch event failed; the poll will retry'),
+      );
+    }, this.#debounceMs);
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#stopped) return;
+    const all = this.#pendingAll;
+    const ids = [...this.#pendingGroups].sort((a, b) => a - b);
+    const container = this.#pendingContainer;
+    this.#pendingAll = false;
+    this.#pendingContainer = false;
+    this.#pendingGroups.clear();
+    if (all) {
+      await this.#poll();
+      return;
+    }
+    if (ids.length === 0 && !container) return;
+    const dev = await listVfioDevNodes(this.#roots);
+    const prints = new Map<number, string | null>();
+    await Promise.all(ids.map(async (id) => prints.set(id, await this.#fingerprint(id, dev.groups.has(id)))));
+    await this.#rescanGroups(ids, 'watch', prints);
+    this.#publish(dev.containerNode, true);
+  }
+}

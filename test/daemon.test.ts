@@ -1,0 +1,134 @@
+// The whole plugin on a sysfs tree: discovery -> selection -> the kubelet,
+// through the real gRPC path, while the tree changes under it.
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import { Daemon } from '../src/daemon.js';
+import { createLogger } from '../src/log.js';
+import { SimulatedKubelet } from '../src/simulate/kubelet.js';
+import { simulatedNodeConfig } from '../src/simulate/node-config.js';
+import { writeSysfsTree, addGroup, removeGroup, bindDriver, setEehState, type NodeSpec } from '../src/simulate/sysfs-tree.js';
+import { builtinPowerNode, FROZEN_EEH_STATE, HEALTHY_EEH_STATE } from '../src/simulate/power-node.js';
+import type { Settings } from '../src/config/settings.js';
+import type { DiscoveryRoots } from '../src/topology/types.js';
+
+let dir: string;
+let kubelet: SimulatedKubelet;
+let daemon: Daemon | null;
+let roots: DiscoveryRoots;
+let logLines: { level: string; msg: string; [k: string]: unknown }[];
+
+async function startDaemon(spec: NodeSpec = builtinPowerNode()): Promise<void> {
+  roots = await writeSysfsTree(join(dir, 'node'), spec);
+  const config = simulatedNodeConfig();
+  const settings: Settings = {
+    configFile: null,
+    sysfsRoot: roots.sysfsRoot,
+    devRoot: roots.devRoot,
+    devicePluginDir: join(dir, 'dp'),
+    podResourcesSocket: join(dir, 'pr.sock'),
+    pollIntervalMs: 200,
+    logLevel: 'debug',
+    simulate: true,
+    resources: config.resources,
+  };
+  kubelet = new SimulatedKubelet(settings.devicePluginDir);
+  await kubelet.start();
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line) logLines.push(JSON.parse(line));
+      cb();
+    },
+  });
+  daemon = new Daemon(settings, { logger: createLogger({ level: 'debug', destination: sink }), socketCheckIntervalMs: 200 });
+  const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 5000)));
+  await daemon.start();
+  await registered;
+}
+
+beforeEach(async () => {
+  dir = await mkdtemp('/tmp/pvdp-');
+  daemon = null;
+  logLines = [];
+});
+
+afterEach(async () => {
+  await daemon?.stop();
+  await kubelet?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+const ids = (devices: { ID: string }[]) => devices.map((d) => d.ID);
+
+describe('the plugin on a changing node', () => {
+  it('advertises each resource its groups; host-owned groups are not offered', async () => {
+    await startDaemon();
+    expect(ids(await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 2))).toEqual(['1', '4']);
+    expect(ids(await kubelet.waitForDevices('ibm.com/gpu', (d) => d.length === 2))).toEqual(['2', '5']);
+    expect(ids(await kubelet.waitForDevices('ibm.com/connectx5', (d) => d.length === 1))).toEqual(['3']);
+    expect(ids(await kubelet.waitForDevices('ibm.com/connectx5-vf', (d) => d.length === 2))).toEqual(['7', '8']);
+    const res = await kubelet.allocate('ibm.com/connectx5', [['3']]);
+    expect(res.container_responses[0]!.envs.PCI_RESOURCE_IBM_COM_CONNECTX5).toBe('0030:01:00.0,0030:01:00.1');
+  });
+
+  it('picks up a hot-plugged group and a hot-unplugged one without a restart', async () => {
+    await startDaemon();
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 2);
+    await addGroup(roots, {
+      id: 9,
+      name: 'domain53-pe1fb',
+      functions: [{ address: '0035:03:00.0', vendor: '144d', device: 'a808', classCode: '010802', driver: 'vfio-pci', numaNode: 8 }],
+    });
+    const after = await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 3);
+    expect(after.find((d) => d.ID === '9')).toMatchObject({ health: 'Healthy', topology: { nodes: [{ ID: '8' }] } });
+    await kubelet.allocate('ibm.com/nvme', [['9']]);
+    await removeGroup(roots, 4);
+    expect(ids(await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 2))).toEqual(['1', '9']);
+    const err = await kubelet.allocate('ibm.com/nvme', [['4']]).catch((e: unknown) => e);
+    expect((err as grpc.ServiceError).code).toBe(grpc.status.INVALID_ARGUMENT);
+  });
+
+  it('follows driver rebinding: to vfio-pci the group appears, to a host driver it turns unhealthy', async () => {
+    await startDaemon();
+    await bindDriver(roots, '0000:01:00.0', 'vfio-pci');
+    const nvme = await kubelet.waitForDevices('ibm.com/nvme', (d) => d.some((x) => x.ID === '0' && x.health === 'Healthy'));
+    expect(ids(nvme)).toEqual(['0', '1', '4']);
+    // One function of the multi-function ConnectX-5 group goes back to the host.
+    await bindDriver(roots, '0030:01:00.1', 'mlx5_core');
+    await kubelet.waitForDevices('ibm.com/connectx5', (d) => d[0]?.health === 'Unhealthy');
+    const err = await kubelet.allocate('ibm.com/connectx5', [['3']]).catch((e: unknown) => e);
+    expect((err as grpc.ServiceError).code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect((err as grpc.ServiceError).details).toMatch(/0030:01:00\.1.*mlx5_core/);
+    await bindDriver(roots, '0030:01:00.1', 'vfio-pci');
+    await kubelet.waitForDevices('ibm.com/connectx5', (d) => d[0]?.health === 'Healthy');
+  });
+
+  it('reports a frozen PE unhealthy and healthy again once it recovers', async () => {
+    await startDaemon();
+    await kubelet.waitForDevices('ibm.com/fpga', (d) => d[0]?.health === 'Healthy');
+    await setEehState(roots, '0035:02:00.0', FROZEN_EEH_STATE);
+    await kubelet.waitForDevices('ibm.com/fpga', (d) => d[0]?.health === 'Unhealthy');
+    await setEehState(roots, '0035:02:00.0', HEALTHY_EEH_STATE);
+    await kubelet.waitForDevices('ibm.com/fpga', (d) => d[0]?.health === 'Healthy');
+  });
+
+  it('reports a group two resources select and advertises it under neither', async () => {
+    const spec = builtinPowerNode();
+    // A GPU with an NVMe function in the same PE: both the gpu and nvme selectors match.
+    spec.groups.push({
+      id: 10,
+      name: 'domain53-pe1fa',
+      functions: [
+        { address: '0035:04:00.0', vendor: '10de', device: '1db1', classCode: '030200', driver: 'vfio-pci', numaNode: 8 },
+        { address: '0035:04:00.1', vendor: '144d', device: 'a808', classCode: '010802', driver: 'vfio-pci', numaNode: 8 },
+      ],
+    });
+    await startDaemon(spec);
+    expect(ids(await kubelet.waitForDevices('ibm.com/gpu', (d) => d.length === 2))).toEqual(['2', '5']);
+    expect(ids(await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 2))).toEqual(['1', '4']);
+    const warning = logLines.find((l) => l.msg.startsWith('IOMMU group matches several resources'));
+    expect(warning).toMatchObject({ group: 10, resources: ['ibm.com/gpu', 'ibm.com/nvme'] });
+  });
+});
