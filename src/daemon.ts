@@ -6,6 +6,7 @@ import type { Settings } from './config/settings.js';
 import type { Topology, TopologyChange } from './topology/types.js';
 import { TopologyWatcher } from './topology/discover.js';
 import { PluginManager, type Preparer } from './kubelet/plugin-manager.js';
+import { CdiSpecWriter } from './cdi/spec-writer.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -35,6 +36,7 @@ export class Daemon {
       logger: deps.logger,
       ...(deps.preparer ? { preparer: deps.preparer } : {}),
       ...(deps.socketCheckIntervalMs ? { checkIntervalMs: deps.socketCheckIntervalMs } : {}),
+      ...(settings.cdiSpecDir ? { cdi: new CdiSpecWriter(settings.cdiSpecDir) } : {}),
     });
   }
 

@@ -13,6 +13,8 @@ import { writeSysfsTree, addGroup, removeGroup, bindDriver, setEehState, type No
 import { builtinPowerNode, FROZEN_EEH_STATE, HEALTHY_EEH_STATE } from '../src/simulate/power-node.js';
 import type { Settings } from '../src/config/settings.js';
 import type { DiscoveryRoots } from '../src/topology/types.js';
+import { malformedTree } from './helpers/fixtures.js';
+import { parseConfigText } from '../src/config/load.js';
 
 let dir: string;
 let kubelet: SimulatedKubelet;
@@ -20,9 +22,8 @@ let daemon: Daemon | null;
 let roots: DiscoveryRoots;
 let logLines: { level: string; msg: string; [k: string]: unknown }[];
 
-async function startDaemon(spec: NodeSpec = builtinPowerNode()): Promise<void> {
-  roots = await writeSysfsTree(join(dir, 'node'), spec);
-  const config = simulatedNodeConfig();
+async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(), config = simulatedNodeConfig()): Promise<void> {
+  roots = 'groups' in spec ? await writeSysfsTree(join(dir, 'node'), spec) : spec;
   const settings: Settings = {
     configFile: null,
     sysfsRoot: roots.sysfsRoot,
@@ -32,6 +33,7 @@ async function startDaemon(spec: NodeSpec = builtinPowerNode()): Promise<void> {
     pollIntervalMs: 200,
     logLevel: 'debug',
     simulate: true,
+    cdiSpecDir: null,
     resources: config.resources,
   };
   kubelet = new SimulatedKubelet(settings.devicePluginDir);
@@ -130,5 +132,31 @@ describe('the plugin on a changing node', () => {
     expect(ids(await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 2))).toEqual(['1', '4']);
     const warning = logLines.find((l) => l.msg.startsWith('IOMMU group matches several resources'));
     expect(warning).toMatchObject({ group: 10, resources: ['ibm.com/gpu', 'ibm.com/nvme'] });
+  });
+});
+
+describe('the plugin on a malformed sysfs tree', () => {
+  it('keeps serving the good groups and logs each bad entry', async () => {
+    const tree = await malformedTree();
+    try {
+      const config = parseConfigText('resources: [{ name: ibm.com/any, selectors: { vendors: ["144d", "10de", "15b3"] }, preparation: { mode: verify } }]');
+      await startDaemon(tree.roots, config);
+      const devices = await kubelet.waitForDevices('ibm.com/any', (d) => d.length > 0);
+      const healthy = devices.filter((d) => d.health === 'Healthy').map((d) => Number(d.ID));
+      expect(healthy.sort((a, b) => a - b)).toEqual(tree.goodGroups);
+      // Broken groups that are still VFIO candidates are advertised, but as Unhealthy.
+      expect(devices.filter((d) => d.health === 'Unhealthy').map((d) => d.ID)).toContain('7');
+      for (const id of tree.goodGroups) await kubelet.allocate('ibm.com/any', [[String(id)]]);
+      const err = await kubelet.allocate('ibm.com/any', [['7']]).catch((e: unknown) => e);
+      expect((err as grpc.ServiceError).code).toBe(grpc.status.FAILED_PRECONDITION);
+      const skipped = logLines.filter((l) => l.msg.startsWith('Skipped part of the sysfs tree'));
+      const paths = skipped.map((l) => String(l.path));
+      expect(paths.some((p) => p.endsWith('/iommu_groups/abc'))).toBe(true);
+      expect(paths.some((p) => p.endsWith('/dev/vfio/42'))).toBe(true);
+      expect(paths.some((p) => p.includes('0030:04:00.0'))).toBe(true);
+      expect(skipped.every((l) => l.level === 'warn')).toBe(true);
+    } finally {
+      await tree.cleanup();
+    }
   });
 });

@@ -48,6 +48,7 @@ export async function runDemo(): Promise<number> {
       pollIntervalMs: 1000,
       logLevel: 'debug',
       simulate: true,
+      cdiSpecDir: null,
       resources: config.resources,
     };
     say(bold('power-vfio-device-plugin demo: a simulated POWER9 node, a built-in kubelet, real gRPC over unix sockets'));

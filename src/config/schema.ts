@@ -92,6 +92,14 @@ export const configSchema = z
     podResourcesSocket: z.string().min(1).optional(),
     pollIntervalSeconds: z.number().positive().max(3600).optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
+    /** Container Device Interface: write specs and name CDI devices in Allocate instead of device nodes. */
+    cdi: z
+      .object({
+        enabled: z.boolean().default(false),
+        specDir: z.string().min(1).default('/var/run/cdi'),
+      })
+      .strict()
+      .optional(),
   })
   .strict()
   .superRefine((config, ctx) => {

@@ -20,6 +20,8 @@ export interface Settings {
   logLevel: LogLevel;
   /** Run on the built-in simulated POWER node instead of the host's sysfs. */
   simulate: boolean;
+  /** Directory of CDI specs when CDI is on, else null. */
+  cdiSpecDir: string | null;
   resources: ResourceConfig[];
 }
 
@@ -33,6 +35,8 @@ export const FLAGS = {
   'poll-interval': { type: 'string', help: 'Seconds between safety rescans of sysfs (default 10)' },
   'log-level': { type: 'string', help: 'fatal, error, warn, info, debug, trace or silent (default info)' },
   simulate: { type: 'boolean', help: 'Run on the built-in simulated POWER node' },
+  cdi: { type: 'boolean', help: 'Write CDI specs and name CDI devices in Allocate (default off)' },
+  'cdi-spec-dir': { type: 'string', help: 'Directory for CDI specs (default /var/run/cdi)' },
   help: { type: 'boolean', help: 'Show this help' },
 } as const;
 
@@ -142,6 +146,7 @@ export async function resolveSettings(
     pollIntervalMs: Math.round(pollSeconds * 1000),
     logLevel: level as LogLevel,
     simulate,
+    cdiSpecDir: (values.cdi ?? file.cdi?.enabled ?? false) ? (str('cdi-spec-dir') ?? file.cdi?.specDir ?? '/var/run/cdi') : null,
     resources: file.resources,
   };
 }

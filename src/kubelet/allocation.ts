@@ -76,8 +76,12 @@ export function resolveDevices(
 }
 
 /** The response for one container: device nodes, and env naming functions and groups. */
-export function containerAllocation(resourceName: string, groups: readonly IommuGroup[]): ContainerAllocateResponse {
-  const devices = [
+export function containerAllocation(
+  resourceName: string,
+  groups: readonly IommuGroup[],
+  options: { cdi?: boolean } = {},
+): ContainerAllocateResponse {
+  const devices = options.cdi ? [] : [
     { container_path: VFIO_CONTAINER_PATH, host_path: VFIO_CONTAINER_PATH, permissions: 'rw' },
     ...groups.map((g) => ({ container_path: `/dev/vfio/${g.id}`, host_path: `/dev/vfio/${g.id}`, permissions: 'rw' })),
   ];
@@ -91,7 +95,8 @@ export function containerAllocation(resourceName: string, groups: readonly Iommu
     devices,
     mounts: [],
     annotations: {},
-    cdi_devices: [],
+    // With CDI the runtime injects /dev/vfio/vfio and /dev/vfio/N from our specs.
+    cdi_devices: options.cdi ? groups.map((g) => ({ name: `${resourceName}=${g.id}` })) : [],
   };
 }
 
@@ -103,6 +108,7 @@ export function allocate(
   resourceName: string,
   containerRequests: readonly { devices_ids: readonly string[] }[],
   devices: ReadonlyMap<string, AdvertisedDevice>,
+  options: { cdi?: boolean } = {},
 ): { groups: IommuGroup[]; response: ContainerAllocateResponse }[] {
   if (containerRequests.length === 0) {
     throw new RequestError('PVDP_ERR_INVALID_REQUEST', 'invalid', 'Allocate request has no container requests');
@@ -123,7 +129,7 @@ export function allocate(
     }
     return groups;
   });
-  return resolved.map((groups) => ({ groups, response: containerAllocation(resourceName, groups) }));
+  return resolved.map((groups) => ({ groups, response: containerAllocation(resourceName, groups, options) }));
 }
 
 interface Candidate {

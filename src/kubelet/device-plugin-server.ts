@@ -28,6 +28,8 @@ export interface DevicePluginServerOptions {
   preStartRequired: boolean;
   preStart?: PreStartHook;
   onAllocate?: AllocateObserver;
+  /** Name CDI devices in Allocate instead of returning device nodes. */
+  cdi?: boolean;
   /** Told when a ListAndWatch stream ends while the server is still running. */
   onStreamEnded?: (tag: number) => void;
   logger?: Logger;
@@ -236,7 +238,7 @@ export class DevicePluginServer {
 
       Allocate: (call, callback) => {
         try {
-          const results = allocate(this.resourceName, call.request.container_requests, this.devices);
+          const results = allocate(this.resourceName, call.request.container_requests, this.devices, { cdi: this.options.cdi === true });
           this.logger.info(
             { containers: results.map((r) => r.groups.map((g) => g.id)) },
             'Allocated IOMMU groups',

@@ -15,6 +15,7 @@ import type { AdvertisedDevice } from './allocation.js';
 import { DevicePluginServer, type PreStartHook } from './device-plugin-server.js';
 import { registerWithKubelet } from './registration.js';
 import { KUBELET_SOCKET_NAME } from './proto.js';
+import type { CdiSpecWriter } from '../cdi/spec-writer.js';
 
 /** Prepares groups before a container of `resource` starts (verify or handoff). */
 export type Preparer = (resource: ResourceConfig, groups: IommuGroup[]) => Promise<void>;
@@ -32,6 +33,8 @@ export interface PluginManagerOptions {
   retryMaxMs?: number;
   /** Register deadline; the kubelet's own dial back allows 10 s. */
   registerTimeoutMs?: number;
+  /** When set, CDI specs are kept in step with the advertised groups and Allocate names CDI devices. */
+  cdi?: CdiSpecWriter;
   /** Told on every successful registration, for metrics. */
   onRegistered?: (resource: string, reason: string) => void;
 }
@@ -71,6 +74,7 @@ class ResourceEndpoint {
       Pick<PluginManagerOptions, 'onRegistered'>,
     preStart: PreStartHook | undefined,
     private readonly logger: Logger,
+    cdi: boolean,
   ) {
     this.retryDelay = opts.retryMinMs;
     const socketName = socketNameFor(opts.pluginDir, resource.name);
@@ -78,6 +82,7 @@ class ResourceEndpoint {
       resourceName: resource.name,
       socketPath: join(opts.pluginDir, socketName),
       preStartRequired: resource.preparation.mode !== 'none',
+      cdi,
       ...(preStart ? { preStart } : {}),
       onStreamEnded: (tag) => this.streamEnded(tag),
       logger,
@@ -215,7 +220,7 @@ export class PluginManager {
       const preparer = options.preparer;
       const hook: PreStartHook | undefined =
         preparer && resource.preparation.mode !== 'none' ? (groups) => preparer(resource, groups) : undefined;
-      return new ResourceEndpoint(resource, this, opts, hook, this.logger.child({ resource: resource.name }));
+      return new ResourceEndpoint(resource, this, opts, hook, this.logger.child({ resource: resource.name }), options.cdi !== undefined);
     });
   }
 
@@ -238,6 +243,12 @@ export class PluginManager {
         return { group, healthy: health.healthy, ...(health.reason ? { reason: health.reason } : {}) };
       });
       endpoint.server.setDevices(devices);
+    }
+    if (this.options.cdi) {
+      const byResource = new Map([...selection.byResource].map(([r, groups]) => [r, groups.map((g) => g.id)]));
+      this.options.cdi.update(byResource).catch((err: unknown) =>
+        this.logger.error({ dir: this.options.cdi?.dir, err: (err as Error).message }, 'Cannot write the CDI specs'),
+      );
     }
     this.conflicts = selection.conflicts;
     const text = JSON.stringify(selection.conflicts);

@@ -292,3 +292,37 @@ describe('PreStartContainer', () => {
     }
   });
 });
+
+describe('CDI', () => {
+  it('writes a spec per resource, names CDI devices in Allocate and keeps the specs in step', async () => {
+    const { CdiSpecWriter } = await import('../../src/cdi/spec-writer.js');
+    const { readFile, writeFile } = await import('node:fs/promises');
+    const cdiDir = join(dir, 'cdi');
+    const writer = new CdiSpecWriter(cdiDir);
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(cdiDir);
+    await writeFile(join(cdiDir, 'other-vendor.json'), '{}');
+    manager = new PluginManager({ pluginDir: dir, resources: CONFIG.resources, checkIntervalMs: 200, retryMinMs: 50, cdi: writer });
+    manager.applyTopology(topologyOf(nodeGroups()));
+    const registered = kubelet.waitForRegistration('ibm.com/nvme');
+    await manager.start();
+    await registered;
+    const res = await kubelet.allocate('ibm.com/nvme', [['4', '7']]);
+    const c = res.container_responses[0]!;
+    expect(c.cdi_devices).toEqual([{ name: 'ibm.com/nvme=4' }, { name: 'ibm.com/nvme=7' }]);
+    expect(c.devices).toEqual([]);
+    expect(c.envs.PCI_RESOURCE_IBM_COM_NVME).toBe('0030:02:00.0,0030:02:00.1,0031:01:00.0');
+    await writer.update(new Map());
+    await writer.update(new Map([['ibm.com/nvme', [3, 4, 7, 8, 9]]]));
+    const spec = JSON.parse(await readFile(join(cdiDir, 'power-vfio-ibm.com_nvme.json'), 'utf8'));
+    expect(spec.kind).toBe('ibm.com/nvme');
+    expect(spec.cdiVersion).toBe('0.6.0');
+    expect(spec.devices.map((d: { name: string }) => d.name)).toEqual(['3', '4', '7', '8', '9']);
+    expect(spec.devices[0].containerEdits.deviceNodes).toEqual([{ path: '/dev/vfio/3', permissions: 'rw' }]);
+    expect(spec.containerEdits.deviceNodes).toEqual([{ path: '/dev/vfio/vfio', permissions: 'rw' }]);
+    // A group that goes away leaves the spec; a resource that goes away loses its file; others' files stay.
+    await writer.update(new Map([['ibm.com/nvme', [3]]]));
+    expect(JSON.parse(await readFile(join(cdiDir, 'power-vfio-ibm.com_nvme.json'), 'utf8')).devices).toHaveLength(1);
+    expect((await readdir(cdiDir)).sort()).toEqual(['other-vendor.json', 'power-vfio-ibm.com_nvme.json']);
+  });
+});
