@@ -78,7 +78,7 @@ export class Daemon {
   }
 
   async stop(): Promise<void> {
-    this.watcher.stop();
+    await this.watcher.stop();
     await this.manager.stop();
   }
 }

@@ -56,7 +56,7 @@ export async function runDemo(): Promise<number> {
     say(`Plugin logs (JSON): ${logPath}`);
 
     await kubelet.start();
-    const preparation = await buildPreparer({ simulate: true, topologyRoots: roots, logger });
+    const preparation = await buildPreparer({ simulate: true, devRoot: roots.devRoot, resources: config.resources, logger });
     daemon = new Daemon(settings, { logger, preparer: preparation.preparer, socketCheckIntervalMs: 250 });
     const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 10_000)));
     const topology = await daemon.start();
@@ -99,6 +99,14 @@ export async function runDemo(): Promise<number> {
     const started = Date.now();
     await kubelet.preStart('ibm.com/gpu', ['5']);
     say(`  group 5 verified in ${Date.now() - started} ms: ${preparation.describe(5)}`);
+    say('  Now the node runs out of locked memory (fault injection in the simulated kernel):');
+    preparation.kernel?.process().exhaustMemlock();
+    const failed = await kubelet.preStart('ibm.com/gpu', ['5']).then(
+      () => 'unexpectedly succeeded',
+      (err: { details?: string }) => err.details ?? String(err),
+    );
+    say(`  PreStartContainer fails, and the container does not start:\n    ${failed}`);
+    preparation.kernel?.process().lockExternal(0n);
 
     heading(6, 'Hot rebinding: the operator binds the boot NVMe 0000:01:00.0 to vfio-pci');
     const rebound = Date.now();

@@ -11,6 +11,7 @@ import { simulatedNodeConfig } from '../simulate/node-config.js';
 import { writeSysfsTree } from '../simulate/sysfs-tree.js';
 import { builtinPowerNode } from '../simulate/power-node.js';
 import { runDemo } from './demo.js';
+import { buildPreparer } from './preparation.js';
 
 async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
   let simulatedDir: string | null = null;
@@ -20,7 +21,13 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     settings = { ...settings, sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot };
     logger.info({ root: simulatedDir }, 'Running on the simulated POWER node');
   }
-  const daemon = new Daemon(settings, { logger });
+  const preparation = await buildPreparer({
+    simulate: settings.simulate,
+    devRoot: settings.devRoot,
+    resources: settings.resources,
+    logger,
+  });
+  const daemon = new Daemon(settings, { logger, ...(preparation.preparer ? { preparer: preparation.preparer } : {}) });
   const done = new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {

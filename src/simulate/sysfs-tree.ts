@@ -272,7 +272,10 @@ async function syncDevNode(roots: DiscoveryRoots, id: number): Promise<void> {
   const node = devNodePath(roots.devRoot, id);
   if (drivers.some((d) => d !== null && isVfioDriver(d))) {
     await mkdir(dirname(node), { recursive: true });
-    await writeFile(node, '');
+    // The kernel leaves an existing node alone (no inotify event for it).
+    await writeFile(node, '', { flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
   } else {
     await rm(node, { force: true });
   }

@@ -203,7 +203,7 @@ async function readFunction(roots: DiscoveryRoots, group: number, address: strin
 
 // ---- EEH -------------------------------------------------------------------
 
-/** EEH describes the PE, so any member tells it; we read the first function. */
+/** EEH describes the PE, so any member tells it. */
 async function readEeh(roots: DiscoveryRoots, group: number, address: string): Promise<{ eeh: EehInfo | null; issues: DiscoveryIssue[] }> {
   const base = join(pciDevicesDir(roots), address);
   const [stateR, addrR, modeR] = await Promise.all([
@@ -306,7 +306,10 @@ async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boole
   }
   addresses.sort();
 
-  const scans = await Promise.all(addresses.map((a) => readFunction(roots, id, a)));
+  // EEH describes the PE; read it from the first member alongside the functions.
+  const firstAddress = addresses[0];
+  const eehRead = firstAddress === undefined ? Promise.resolve(null) : readEeh(roots, id, firstAddress);
+  const [scans, eehResult] = await Promise.all([Promise.all(addresses.map((a) => readFunction(roots, id, a))), eehRead]);
   const functions: PciFunction[] = [];
   const unreadable: string[] = [];
   scans.forEach((s, i) => {
@@ -324,13 +327,8 @@ async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boole
   const phb = parsedName?.phb ?? domains[0] ?? null;
   if (domains.length > 1) issues.push({ path: groupDir, message: `Functions of group ${id} span several PCI domains: ${domains.join(', ')}`, group: id });
 
-  let eeh: EehInfo | null = null;
-  const first = functions[0];
-  if (first !== undefined) {
-    const r = await readEeh(roots, id, first.address);
-    eeh = r.eeh;
-    issues.push(...r.issues);
-  }
+  const eeh: EehInfo | null = eehResult?.eeh ?? null;
+  if (eehResult !== null) issues.push(...eehResult.issues);
 
   const numaNodes = [...new Set(functions.map((f) => f.numaNode).filter((n) => n >= 0))].sort((a, b) => a - b);
   const problems = groupProblems(id, functions, devNode, devNodePath, unreadable);

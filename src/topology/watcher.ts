@@ -96,7 +96,12 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     if (this.#started) return this.#topology;
     this.#started = true;
     this.#stopped = false;
-    await this.#enqueue(() => this.#fullScan(false));
+    try {
+      await this.#enqueue(() => this.#fullScan(false));
+    } catch (err) {
+      this.#started = false;
+      throw err;
+    }
     if (!this.#stopped) {
       await this.#armWatches();
       this.#schedulePoll();
@@ -130,6 +135,9 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#pendingGroups.clear();
     this.#pendingAll = false;
     await this.#queue;
+    // Closed handles are freed in the loop's close phase, which follows the
+    // check phase: two setImmediate turns put us after it.
+    for (let i = 0; i < 2; i++) await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   // ---- scanning ------------------------------------------------------------

@@ -100,6 +100,11 @@ describe('usability rules', () => {
       ['0030:03:00.0', false, 'vfio-pci'],
     ]);
     expect(withBridge.usable).toBe(true);
+    // A function behind a bridge nests under the bridge's directory.
+    const tree = trees[trees.length - 1] as TmpDir;
+    expect(await readlink(join(tree.dir, 'sys/bus/pci/devices/0030:03:00.0'))).toBe(
+      '../../../devices/pci0030:02/0030:02:00.0/0030:03:00.0',
+    );
     const badBridge = group(topo, 2);
     expect(badBridge.usable).toBe(false);
     expect(badBridge.problems).toEqual([expect.stringContaining('Bridge 0030:04:00.0 is bound to driver shpchp')]);
@@ -209,7 +214,7 @@ describe('malformed trees', () => {
     // Garbage numa_node and subsystem_vendor: defaults, an issue each, still usable.
     const f4 = group(topo, 4).functions[0];
     expect(f4).toMatchObject({ numaNode: -1, subsystemVendor: null, subsystemDevice: 'a801' });
-    expect(topo.issues.filter((i) => i.group === 4).map((i) => i.path.split('/').pop())).toEqual(['subsystem_vendor', 'numa_node']);
+    expect(topo.issues.filter((i) => i.group === 4).map((i) => i.path.split('/').pop()).sort()).toEqual(['numa_node', 'subsystem_vendor']);
     // Empty devices/ and no devices/ at all: reported, not usable.
     expect(group(topo, 5)).toMatchObject({ functions: [], usable: false });
     expect(group(topo, 6)).toMatchObject({ functions: [], usable: false });

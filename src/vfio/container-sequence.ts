@@ -1,0 +1,590 @@
+// The sPAPR TCE container sequence over a VfioBinding, in the order QEMU (the
+// reference client) uses: open the group, check it is viable, open the
+// container, API version, CHECK_EXTENSION v2 then v1, SET_CONTAINER,
+// SET_IOMMU v2 else v1, GET_INFO; v1 ENABLE; v2 REGISTER_MEMORY, replace the
+// default window by one sized for the request; MAP_DMA with one call per
+// contiguous range, the window bounds checked before every call (a map past
+// a window's end crashes pseries kernels). Every resource is pushed on a
+// teardown stack as soon as it exists, so success and every failure release
+// in the order unmap, TCE_REMOVE, UNREGISTER, UNSET_CONTAINER, close.
+import type { Logger } from '../log.js';
+import { largestPageShift, type SpaprTceInfo, type VfioBinding } from './binding.js';
+import { KernelOopsError, VfioError, VfioPrepareError, isVfioError, type PrepareErrorCode } from './errors.js';
+
+export type IommuVersion = 'v1' | 'v2';
+
+/** DMA memory: a memfd mapped shared read-write into this process. */
+export interface DmaMemory {
+  fd: number;
+  address: bigint;
+  size: bigint;
+  /** Backing page size in bytes (the kernel page, or the huge page). */
+  pageSize: bigint;
+  release(): Promise<void>;
+}
+
+/** An IOMMU window the device can DMA through. */
+export interface DmaWindow {
+  start: bigint;
+  size: bigint;
+  pageShift: number;
+  levels: number;
+  /** True for a window this sequence created (v2); false for the platform's dma32 window (v1). */
+  created: boolean;
+}
+
+/** One MAP_DMA: `size` bytes at `vaddr` (offset `offset` in the memory fd) seen by the device at `iova`. */
+export interface MappedRange {
+  iova: bigint;
+  vaddr: bigint;
+  size: bigint;
+  offset: bigint;
+}
+
+export interface PrepareOptions {
+  /** Directory holding dev/vfio ('/' on a node). */
+  devRoot: string;
+  /** Whole IOMMU groups to put in one container. */
+  groups: number[];
+  /** Bytes of DMA memory to allocate and map (rounded up to the backing page size). */
+  memorySize: bigint;
+  /** Back the memory with hugetlb pages of 2^shift bytes. */
+  hugePageShift?: number;
+  /** v2: the smallest window to create (a power of two is chosen at least this large). */
+  minWindowSize?: bigint;
+  /** 'auto' (v2 when the kernel takes it, else v1), or force one. Default 'auto'. */
+  iommu?: 'auto' | IommuVersion;
+  logger?: Logger;
+}
+
+/** A prepared container the caller keeps (handoff) or releases (verify). */
+export interface PreparedContainer {
+  containerFd: number;
+  groups: Array<{ group: number; fd: number }>;
+  iommu: IommuVersion;
+  info: SpaprTceInfo;
+  window: DmaWindow;
+  memory: DmaMemory;
+  mappings: MappedRange[];
+  /** Locked memory this preparation added (VmLck after minus before). */
+  lockedBytes: bigint;
+  /** Undo everything in order; safe to call twice. Throws VfioPrepareError when a step failed (all steps still run). */
+  release(): Promise<void>;
+}
+
+const MiB = 1n << 20n;
+
+/** "64 MiB", "1 GiB", "12 KiB". */
+export function formatBytes(bytes: bigint): string {
+  const units: Array<[bigint, string]> = [
+    [1n << 40n, 'TiB'],
+    [1n << 30n, 'GiB'],
+    [1n << 20n, 'MiB'],
+    [1n << 10n, 'KiB'],
+  ];
+  for (const [size, unit] of units) if (bytes >= size && bytes % size === 0n) return `${bytes / size} ${unit}`;
+  for (const [size, unit] of units) if (bytes >= size) return `${(Number(bytes) / Number(size)).toFixed(1)} ${unit}`;
+  return `${bytes} bytes`;
+}
+
+function nextPow2(v: bigint): bigint {
+  let p = 1n;
+  while (p < v) p <<= 1n;
+  return p;
+}
+
+function roundUp(v: bigint, to: bigint): bigint {
+  return ((v + to - 1n) / to) * to;
+}
+
+/** Merges ranges contiguous in both vaddr and iova, so each needs one MAP_DMA. */
+export function coalesceRanges(ranges: MappedRange[]): MappedRange[] {
+  const sorted = [...ranges].sort((a, b) => (a.iova < b.iova ? -1 : a.iova > b.iova ? 1 : 0));
+  const out: MappedRange[] = [];
+  for (const r of sorted) {
+    if (r.size === 0n) continue;
+    const last = out[out.length - 1];
+    if (last && last.iova + last.size === r.iova && last.vaddr + last.size === r.vaddr && last.offset + last.size === r.offset) {
+      last.size += r.size;
+    } else {
+      out.push({ ...r });
+    }
+  }
+  return out;
+}
+
+/** The check the kernel does not do: the whole range inside the window. Throws before any MAP_DMA that would overrun. */
+export function assertInsideWindow(window: DmaWindow, iova: bigint, size: bigint): void {
+  const end = window.start + window.size;
+  if (iova < window.start || iova + size > end || size < 0n) {
+    throw new VfioPrepareError('ERR_VFIO_WINDOW_BOUNDS', {
+      step: 'map',
+      problem: `Refusing MAP_DMA of 0x${size.toString(16)} bytes at iova 0x${iova.toString(16)}: the window is 0x${window.start.toString(16)}..0x${end.toString(16)}`,
+      remedy: 'map only inside the window (mapping past its end crashes pseries kernels); this is a bug in the caller',
+    });
+  }
+}
+
+/** A LIFO of undo steps. */
+class Teardown {
+  private steps: Array<{ name: string; run: () => Promise<void> }> = [];
+  private done = false;
+  unmapFailed = false;
+
+  push(name: string, run: () => Promise<void>): void {
+    this.steps.push({ name, run });
+  }
+
+  /** Runs every step, newest first, even when some fail; returns the failures. */
+  async run(logger?: Logger): Promise<Array<{ step: string; error: unknown }>> {
+    if (this.done) return [];
+    this.done = true;
+    const failures: Array<{ step: string; error: unknown }> = [];
+    while (this.steps.length > 0) {
+      const step = this.steps.pop()!;
+      try {
+        await step.run();
+      } catch (error) {
+        failures.push({ step: step.name, error });
+        logger?.warn({ step: step.name, err: error }, 'VFIO teardown step failed');
+      }
+    }
+    return failures;
+  }
+}
+
+/** Allocates DMA memory: memfd (hugetlb when asked), sized, mapped. Releases what it made on failure. */
+export async function allocateDmaMemory(
+  binding: VfioBinding,
+  size: bigint,
+  options: { hugePageShift?: number; name?: string } = {},
+): Promise<DmaMemory> {
+  const pageSize = options.hugePageShift !== undefined ? 1n << BigInt(options.hugePageShift) : BigInt(binding.pageSize);
+  const length = roundUp(size > 0n ? size : 1n, pageSize);
+  const fd = await binding.memfdCreate(options.name ?? 'pvdp-dma', options.hugePageShift !== undefined ? { hugePageShift: options.hugePageShift } : {});
+  let address: bigint;
+  try {
+    await binding.ftruncate(fd, length);
+    address = await binding.mmap(fd, length);
+  } catch (err) {
+    await binding.close(fd).catch(() => undefined);
+    throw err;
+  }
+  let released = false;
+  return {
+    fd,
+    address,
+    size: length,
+    pageSize,
+    async release() {
+      if (released) return;
+      released = true;
+      try {
+        await binding.munmap(address, length);
+      } finally {
+        await binding.close(fd);
+      }
+    },
+  };
+}
+
+interface Context {
+  binding: VfioBinding;
+  devRoot: string;
+  logger: Logger | undefined;
+  teardown: Teardown;
+  lockedBefore: bigint;
+}
+
+function fail(code: PrepareErrorCode, step: string, group: number | undefined, problem: string, remedy: string, cause?: unknown): never {
+  throw new VfioPrepareError(code, { group, step, problem, remedy, cause });
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Turns an ENOMEM from a charging ioctl into the memlock message with the numbers. */
+async function memlockFailure(ctx: Context, step: string, group: number | undefined, what: string, charge: bigint, cause: unknown): Promise<never> {
+  const limit = ctx.binding.getMemlockLimit().soft;
+  const locked = await ctx.binding.lockedMemoryBytes().catch(() => ctx.lockedBefore);
+  const needed = locked + charge;
+  const neededMiB = (needed + MiB - 1n) / MiB;
+  const limitText = limit === null ? 'unlimited' : formatBytes(limit);
+  return fail(
+    'ERR_VFIO_MEMLOCK',
+    step,
+    group,
+    `RLIMIT_MEMLOCK is ${limitText} but ${what} needs ${formatBytes(charge)} locked` +
+      (locked > 0n ? ` on top of ${formatBytes(locked)} already locked` : ''),
+    `raise the node's memlock limit for the plugin to at least ${neededMiB} MiB (LimitMEMLOCK= in the container runtime's systemd unit, ulimit -l), or give the plugin CAP_IPC_LOCK`,
+    cause,
+  );
+}
+
+function ioctlFailure(step: string, group: number | undefined, err: unknown): never {
+  if (err instanceof KernelOopsError || err instanceof VfioPrepareError) throw err;
+  if (isVfioError(err, 'EPERM') && step !== 'set-container') {
+    fail('ERR_VFIO_FOREIGN_MM', step, group, `${step} was refused with EPERM (${describe(err)})`,
+      'the container belongs to another process: prepare it in the process that keeps or hands over the fds', err);
+  }
+  if (isVfioError(err, 'ENODEV')) {
+    fail('ERR_VFIO_GROUP_GONE', step, group, `group ${group ?? '?'} disappeared during ${step} (${describe(err)})`,
+      'the device was removed or unbound; check the node (dmesg, lspci) and wait for the device to come back', err);
+  }
+  return fail('ERR_VFIO_KERNEL', step, group, `${step} failed: ${describe(err)}`,
+    'check the kernel log (dmesg) for vfio messages; the group may need a reset or a reboot of the node', err);
+}
+
+async function openGroup(ctx: Context, group: number): Promise<number> {
+  let fd: number;
+  try {
+    fd = await ctx.binding.openGroup(ctx.devRoot, group);
+  } catch (err) {
+    const path = err instanceof VfioError ? err.path : `/dev/vfio/${group}`;
+    if (isVfioError(err, 'ENOENT')) {
+      fail('ERR_VFIO_GROUP_MISSING', 'open-group', group, `${path} does not exist`,
+        `bind every function of IOMMU group ${group} to vfio-pci (driver_override, then drivers_probe) and mount /dev/vfio into the plugin`, err);
+    }
+    if (isVfioError(err, 'EBUSY')) {
+      fail('ERR_VFIO_GROUP_BUSY', 'open-group', group, `IOMMU group ${group} is already open (${path})`,
+        'a group opens only once: stop whatever holds it (another pod, QEMU, an unclaimed handoff); `fuser -v /dev/vfio/N` names it', err);
+    }
+    if (isVfioError(err, 'EACCES', 'EPERM')) {
+      fail('ERR_VFIO_ACCESS', 'open-group', group, `permission denied opening ${path}`,
+        'run the plugin as root (or with access to /dev/vfio) and mount /dev/vfio read-write', err);
+    }
+    return ioctlFailure('open-group', group, err);
+  }
+  ctx.teardown.push(`close group ${group}`, () => ctx.binding.close(fd));
+  let status;
+  try {
+    status = await ctx.binding.groupGetStatus(fd);
+  } catch (err) {
+    return ioctlFailure('group-status', group, err);
+  }
+  if (!status.viable) {
+    fail('ERR_VFIO_GROUP_NOT_VIABLE', 'group-status', group, `IOMMU group ${group} is not viable (a device in it has a host driver bound)`,
+      `bind every function of group ${group} to vfio-pci or leave it without a driver (the whole group is passed through)`);
+  }
+  return fd;
+}
+
+async function chooseIommu(
+  ctx: Context,
+  containerFd: number,
+  groups: number[],
+  want: 'auto' | IommuVersion,
+): Promise<IommuVersion> {
+  const k = ctx.binding.constants;
+  const hasV2 = (await ctx.binding.checkExtension(containerFd, k.spaprTceV2Iommu)) > 0;
+  const hasV1 = (await ctx.binding.checkExtension(containerFd, k.spaprTceIommu)) > 0;
+  if (!hasV2 && !hasV1) {
+    fail('ERR_VFIO_NO_SPAPR_IOMMU', 'check-extension', groups[0], 'the kernel offers no sPAPR TCE IOMMU',
+      'load the vfio_iommu_spapr_tce module (modprobe vfio_iommu_spapr_tce); this plugin needs an IBM POWER kernel');
+  }
+  return (want === 'v1' || !hasV2) ? (hasV1 ? 'v1' : 'v2') : 'v2';
+}
+
+/**
+ * Prepares one container holding `groups`, with `memorySize` bytes of DMA
+ * memory mapped at the start of its window. Release it with `release()`;
+ * on failure everything is already released and a VfioPrepareError says why.
+ */
+export async function prepareContainer(binding: VfioBinding, options: PrepareOptions): Promise<PreparedContainer> {
+  if (options.groups.length === 0) throw new RangeError('prepareContainer needs at least one group');
+  if (new Set(options.groups).size !== options.groups.length) throw new RangeError('groups must be distinct');
+  if (options.memorySize <= 0n) throw new RangeError('memorySize must be positive');
+  const ctx: Context = {
+    binding,
+    devRoot: options.devRoot,
+    logger: options.logger,
+    teardown: new Teardown(),
+    lockedBefore: await binding.lockedMemoryBytes(),
+  };
+  const log = options.logger;
+  const first = options.groups[0]!;
+  try {
+    return await prepareInner(ctx, options, first);
+  } catch (err) {
+    if (err instanceof KernelOopsError) throw err;
+    const failures = await ctx.teardown.run(log);
+    if (failures.length > 0 && err instanceof Error) {
+      log?.error({ failures: failures.map((f) => f.step) }, 'VFIO teardown after a failed preparation was incomplete');
+    }
+    throw err;
+  }
+}
+
+async function prepareInner(ctx: Context, options: PrepareOptions, first: number): Promise<PreparedContainer> {
+  const { binding } = ctx;
+  const k = binding.constants;
+  const log = ctx.logger;
+
+  // 1. groups, viability
+  const groups: Array<{ group: number; fd: number }> = [];
+  for (const group of options.groups) groups.push({ group, fd: await openGroup(ctx, group) });
+
+  // 2. container, API version
+  let containerFd: number;
+  try {
+    containerFd = await binding.openContainer(ctx.devRoot);
+  } catch (err) {
+    if (isVfioError(err, 'ENOENT', 'EACCES', 'EPERM')) {
+      fail('ERR_VFIO_ACCESS', 'open-container', first, `cannot open the VFIO container node (${describe(err)})`,
+        'load the vfio module and mount /dev/vfio (with /dev/vfio/vfio) into the plugin', err);
+    }
+    return ioctlFailure('open-container', first, err);
+  }
+  ctx.teardown.push('close container', () => binding.close(containerFd));
+  const api = await binding.getApiVersion(containerFd).catch((err: unknown) => ioctlFailure('api-version', first, err));
+  if (api !== k.apiVersion) {
+    fail('ERR_VFIO_API', 'api-version', first, `the kernel speaks VFIO API ${api}, not ${k.apiVersion}`,
+      'run a kernel whose VFIO API matches the one this plugin was built for');
+  }
+
+  // 3. extensions
+  const wanted = await chooseIommu(ctx, containerFd, options.groups, options.iommu ?? 'auto')
+    .catch((err: unknown) => ioctlFailure('check-extension', first, err));
+
+  // 4. SET_CONTAINER for every group
+  for (const g of groups) {
+    try {
+      await binding.groupSetContainer(g.fd, containerFd);
+    } catch (err) {
+      if (isVfioError(err, 'EPERM')) {
+        fail('ERR_VFIO_GROUP_NOT_VIABLE', 'set-container', g.group, `IOMMU group ${g.group} is claimed by a host driver`,
+          `bind every function of group ${g.group} to vfio-pci`, err);
+      }
+      if (isVfioError(err, 'EBUSY')) {
+        fail('ERR_VFIO_IOMMU_REFUSED', 'set-container', g.group, `the container refused group ${g.group} (EBUSY)`,
+          'v1 containers take one group: prepare each group in its own container', err);
+      }
+      return ioctlFailure('set-container', g.group, err);
+    }
+    ctx.teardown.push(`unset container of group ${g.group}`, () => binding.groupUnsetContainer(g.fd));
+  }
+
+  // 5. SET_IOMMU v2, else v1
+  let iommu: IommuVersion = wanted;
+  try {
+    await binding.setIommu(containerFd, iommu === 'v2' ? k.spaprTceV2Iommu : k.spaprTceIommu);
+  } catch (err) {
+    if (iommu === 'v2' && options.iommu !== 'v2' && isVfioError(err)) {
+      log?.info({ groups: options.groups, code: err.code }, 'SPAPR TCE v2 refused, falling back to v1');
+      iommu = 'v1';
+      try {
+        await binding.setIommu(containerFd, k.spaprTceIommu);
+      } catch (err1) {
+        fail('ERR_VFIO_IOMMU_REFUSED', 'set-iommu', first, `the kernel refused both sPAPR TCE IOMMU types (v2: ${describe(err)}; v1: ${describe(err1)})`,
+          options.groups.length > 1 ? 'put each group in its own container (v1 takes one group; pseries v2 in practice one)' : 'check dmesg for vfio_iommu_spapr_tce messages', err1);
+      }
+    } else {
+      fail('ERR_VFIO_IOMMU_REFUSED', 'set-iommu', first, `SET_IOMMU ${iommu} failed: ${describe(err)}`,
+        'check dmesg for vfio_iommu_spapr_tce messages', err);
+    }
+  }
+
+  // 6. info, EEH state
+  const info = await binding.spaprTceGetInfo(containerFd).catch((err: unknown) => ioctlFailure('get-info', first, err));
+  if ((await binding.checkExtension(containerFd, k.eehExtension).catch(() => 0)) > 0) {
+    let state: number | null = null;
+    try {
+      state = await binding.eehPeOp(containerFd, { op: k.eehPeOp.getState });
+    } catch (err) {
+      if (!isVfioError(err, 'ENODEV')) return ioctlFailure('eeh-state', first, err);
+    }
+    if (state !== null && state !== k.eehPeState.normal) {
+      fail('ERR_VFIO_EEH_FROZEN', 'eeh-state', first, `the PE of group ${first} is not in its normal EEH state (state ${state})`,
+        'let EEH recovery finish or reset the device before scheduling work on it; do not write eeh_pe_state');
+    }
+  }
+
+  // 7. memory
+  let memory: DmaMemory;
+  try {
+    memory = await allocateDmaMemory(binding, options.memorySize, options.hugePageShift !== undefined ? { hugePageShift: options.hugePageShift } : {});
+  } catch (err) {
+    const huge = options.hugePageShift !== undefined;
+    fail('ERR_VFIO_MEMORY', 'allocate-memory', first, `cannot allocate ${formatBytes(options.memorySize)} of DMA memory${huge ? ` in ${formatBytes(1n << BigInt(options.hugePageShift!))} huge pages` : ''} (${describe(err)})`,
+      huge ? 'reserve enough huge pages on the node (vm.nr_hugepages or hugepagesz=/hugepages= on the kernel command line)' : 'free memory on the node or ask for less', err);
+  }
+  ctx.teardown.push('release memory', () => memory.release());
+
+  // 8. window
+  let window: DmaWindow;
+  if (iommu === 'v1') {
+    window = { start: BigInt(info.dma32WindowStart), size: BigInt(info.dma32WindowSize), pageShift: 12, levels: 1, created: false };
+    if (memory.size > window.size) {
+      fail('ERR_VFIO_WINDOW', 'window', first, `${formatBytes(memory.size)} of DMA memory does not fit the ${formatBytes(window.size)} dma32 window of a v1 container`,
+        'ask for less memory, or use a kernel and platform where SPAPR TCE v2 (dynamic windows) works');
+    }
+    try {
+      await binding.enable(containerFd);
+    } catch (err) {
+      if (isVfioError(err, 'ENOMEM')) {
+        await memlockFailure(ctx, 'enable', first, `enabling the ${formatBytes(window.size)} dma32 window`, window.size, err);
+      }
+      return ioctlFailure('enable', first, err);
+    }
+    ctx.teardown.push('disable', () => binding.disable(containerFd));
+  } else {
+    try {
+      await binding.registerMemory(containerFd, { vaddr: memory.address, size: memory.size });
+    } catch (err) {
+      if (isVfioError(err, 'ENOMEM')) {
+        await memlockFailure(ctx, 'register-memory', first, `registering ${formatBytes(memory.size)} of DMA memory`, memory.size, err);
+      }
+      return ioctlFailure('register-memory', first, err);
+    }
+    ctx.teardown.push('unregister memory', async () => {
+      // UNREGISTER of a still-mapped region returns 0 and leaks it until exit; close releases cleanly instead.
+      if (ctx.teardown.unmapFailed) return;
+      await binding.unregisterMemory(containerFd, { vaddr: memory.address, size: memory.size });
+    });
+    window = await createWindow(ctx, containerFd, info, memory, options, first);
+  }
+
+  // 9. map: one MAP_DMA per contiguous range, bounds checked before each
+  const ranges = coalesceRanges([{ iova: window.start, vaddr: memory.address, size: memory.size, offset: 0n }]);
+  const mappings = await mapRanges(ctx, containerFd, window, ranges, first);
+
+  const lockedBytes = (await binding.lockedMemoryBytes()) - ctx.lockedBefore;
+  log?.debug({ groups: options.groups, iommu, windowStart: `0x${window.start.toString(16)}`, windowSize: `0x${window.size.toString(16)}`, lockedBytes: lockedBytes.toString() }, 'VFIO container prepared');
+  const teardown = ctx.teardown;
+  return {
+    containerFd,
+    groups,
+    iommu,
+    info,
+    window,
+    memory,
+    mappings,
+    lockedBytes,
+    async release() {
+      const failures = await teardown.run(log);
+      if (failures.length > 0) {
+        const oops = failures.find((f) => f.error instanceof KernelOopsError);
+        if (oops) throw oops.error;
+        fail('ERR_VFIO_RELEASE', failures[0]!.step, first, `releasing the container of group(s) ${options.groups.join(', ')} failed at ${failures.map((f) => f.step).join(', ')} (${describe(failures[0]!.error)})`,
+          'the remaining fds were closed, which makes the kernel release the rest; check VmLck of the plugin if this repeats', failures[0]!.error);
+      }
+    },
+  };
+}
+
+/** v2: drop the default window, create one for the request; levels grown until the kernel accepts. */
+async function createWindow(
+  ctx: Context,
+  containerFd: number,
+  info: SpaprTceInfo,
+  memory: DmaMemory,
+  options: PrepareOptions,
+  group: number,
+): Promise<DmaWindow> {
+  const { binding } = ctx;
+  const ddw = info.ddw;
+  const pageShift = largestPageShift(ddw.pgsizes, memory.pageSize);
+  if (pageShift === null) {
+    fail('ERR_VFIO_WINDOW', 'window', group, `no IOMMU page size in 0x${ddw.pgsizes.toString(16)} fits ${formatBytes(memory.pageSize)} backing pages`,
+      'use a backing page size the platform supports');
+  }
+  try {
+    await binding.tceRemove(containerFd, { startAddr: BigInt(info.dma32WindowStart) });
+  } catch (err) {
+    return ioctlFailure('remove-default-window', group, err);
+  }
+  let size = memory.size > (options.minWindowSize ?? 0n) ? memory.size : options.minWindowSize!;
+  size = nextPow2(size < 1n << BigInt(pageShift) ? 1n << BigInt(pageShift) : size);
+  const maxLevels = Math.max(1, ddw.levels);
+  let lastError: unknown;
+  for (let levels = 1; levels <= maxLevels; levels++) {
+    try {
+      const start = await binding.tceCreate(containerFd, { pageShift, windowSize: size, levels });
+      ctx.teardown.push('remove window', () => binding.tceRemove(containerFd, { startAddr: start }));
+      return { start, size, pageShift, levels, created: true };
+    } catch (err) {
+      lastError = err;
+      if (!isVfioError(err, 'EINVAL', 'ENOMEM')) return ioctlFailure('create-window', group, err);
+    }
+  }
+  if (isVfioError(lastError, 'ENOMEM')) {
+    const tableBytes = (size >> BigInt(pageShift)) * 8n;
+    const limit = binding.getMemlockLimit().soft;
+    const locked = await binding.lockedMemoryBytes();
+    if (limit !== null && locked + tableBytes > limit) {
+      await memlockFailure(ctx, 'create-window', group, `the TCE table of a ${formatBytes(size)} window`, tableBytes, lastError);
+    }
+  }
+  return fail('ERR_VFIO_WINDOW', 'create-window', group,
+    `the kernel refused a ${formatBytes(size)} window of ${formatBytes(1n << BigInt(pageShift))} pages at every level 1..${maxLevels} (${describe(lastError)})`,
+    'ask for a smaller window or back the memory with larger pages', lastError);
+}
+
+async function mapRanges(ctx: Context, containerFd: number, window: DmaWindow, ranges: MappedRange[], group: number): Promise<MappedRange[]> {
+  const { binding } = ctx;
+  const k = binding.constants;
+  const mapped: MappedRange[] = [];
+  for (const r of ranges) {
+    assertInsideWindow(window, r.iova, r.size);
+    try {
+      await binding.mapDma(containerFd, { vaddr: r.vaddr, iova: r.iova, size: r.size, flags: k.dmaMapFlagRead | k.dmaMapFlagWrite });
+    } catch (err) {
+      if (err instanceof KernelOopsError) throw err;
+      fail('ERR_VFIO_MAP', 'map', group, `MAP_DMA of ${formatBytes(r.size)} at iova 0x${r.iova.toString(16)} failed: ${describe(err)}`,
+        isVfioError(err, 'EINVAL') ? 'the memory must be registered and backed by pages at least as large as the IOMMU page' : 'check dmesg for vfio messages', err);
+    }
+    mapped.push(r);
+    ctx.teardown.push(`unmap 0x${r.iova.toString(16)}`, async () => {
+      try {
+        await binding.unmapDma(containerFd, { iova: r.iova, size: r.size });
+      } catch (err) {
+        ctx.teardown.unmapFailed = true;
+        throw err;
+      }
+    });
+  }
+  return mapped;
+}
+
+export interface VerifyOptions {
+  devRoot: string;
+  /** Bytes of probe memory to map and unmap (default one kernel page). */
+  probeSize?: bigint;
+  hugePageShift?: number;
+  iommu?: 'auto' | IommuVersion;
+  logger?: Logger;
+}
+
+export interface GroupVerification {
+  group: number;
+  iommu: IommuVersion;
+  window: DmaWindow;
+  info: SpaprTceInfo;
+  /** Locked memory the preparation needed at its peak. */
+  lockedBytes: bigint;
+}
+
+/**
+ * The `verify` preparation mode: for each group, the whole sequence in its own
+ * container (open, viability, set container, v2 or v1, info, enable or
+ * register, map and unmap a probe), then everything released. The first
+ * failure is thrown as a VfioPrepareError naming the cause and the remedy.
+ */
+export async function verifyGroups(binding: VfioBinding, groups: number[], options: VerifyOptions): Promise<GroupVerification[]> {
+  const results: GroupVerification[] = [];
+  for (const group of groups) {
+    const prepared = await prepareContainer(binding, {
+      devRoot: options.devRoot,
+      groups: [group],
+      memorySize: options.probeSize ?? BigInt(binding.pageSize),
+      ...(options.hugePageShift !== undefined ? { hugePageShift: options.hugePageShift } : {}),
+      ...(options.iommu !== undefined ? { iommu: options.iommu } : {}),
+      ...(options.logger !== undefined ? { logger: options.logger } : {}),
+    });
+    results.push({ group, iommu: prepared.iommu, window: prepared.window, info: prepared.info, lockedBytes: prepared.lockedBytes });
+    await prepared.release();
+    options.logger?.info({ group, iommu: prepared.iommu }, 'VFIO group verified');
+  }
+  return results;
+}

@@ -1,0 +1,885 @@
+// The contract between the plugin and the kernel: one list of cases that runs
+// against the simulated kernel (vitest, test/vfio/contract.sim.test.ts) and
+// against a real ppc64le kernel in a QEMU guest (plain Node,
+// test/vfio/contract/guest-runner.mjs). It lives in src/ so the guest can load
+// it from dist/. Each case cleans up after itself: the real kernel is shared by
+// all cases of a run, and the runner checks that locked memory returns to its
+// baseline after every case.
+import type { Platform, VfioBinding } from './binding.js';
+import { allocateDmaMemory, prepareContainer, verifyGroups, assertInsideWindow } from './container-sequence.js';
+import { KernelOopsError, UNEXPECTED_RETURN, VfioError, VfioPrepareError } from './errors.js';
+import { PLATFORM_PROFILES, type SimulatedKernel, type SimulatedProcess } from './simulated-kernel.js';
+import { assert, ContractSkip, equal, rejectsWith, rejectsWithArgumentError, succeeds } from './contract-assert.js';
+
+export { ContractAssertionError, ContractSkip } from './contract-assert.js';
+
+export interface ContractGroup {
+  group: number;
+  /** Device names (PCI addresses) in the group. */
+  devices: string[];
+}
+
+/** Result of one call made in another process. */
+export type OtherProcessResult = { ok: true; value: unknown } | { ok: false; code: string };
+
+/** Binding methods a case may run in another process on inherited fds. */
+export type OtherProcessOp = 'spaprTceGetInfo' | 'getApiVersion' | 'enable' | 'mapDma' | 'unmapDma';
+
+export interface ContractContext {
+  binding: VfioBinding;
+  devRoot: string;
+  simulated: boolean;
+  platform: Platform;
+  groups: ContractGroup[];
+  /**
+   * Runs `op` in another process that inherited `fds` (a forked child, or a
+   * spawned Node with the fds at 3, 4, ...). `fdIndex` picks the fd in `fds`;
+   * bigint arguments are allowed.
+   */
+  inOtherProcess(fds: number[], op: OtherProcessOp, fdIndex: number, args?: unknown[]): Promise<OtherProcessResult>;
+  /** Only with the simulator: the kernel, for fault injection. */
+  sim?: SimulatedKernel;
+  log(message: string): void;
+}
+
+export interface ContractRequires {
+  /** Runs only on the simulator (would crash or cannot be arranged on a real kernel). */
+  simulated?: boolean;
+  /** At least this many VFIO groups (default 1; 0 for cases that need no device). */
+  groups?: number;
+  platforms?: Platform[];
+}
+
+export interface ContractCase {
+  name: string;
+  requires?: ContractRequires;
+  run(ctx: ContractContext): Promise<void>;
+}
+
+/** Why a case cannot run in this context, or null. */
+export function skipReason(c: ContractCase, ctx: Pick<ContractContext, 'simulated' | 'groups' | 'platform'>): string | null {
+  const r = c.requires ?? {};
+  if (r.simulated && !ctx.simulated) return 'simulator only (would crash or cannot be arranged on a real kernel)';
+  const groups = r.groups ?? 1;
+  if (ctx.groups.length < groups) {
+    return ctx.groups.length === 0 ? 'needs a VFIO group (a device bound to vfio-pci); none given' : `needs ${groups} groups, have ${ctx.groups.length}`;
+  }
+  if (r.platforms && !r.platforms.includes(ctx.platform)) return `platform ${ctx.platform} not in ${r.platforms.join(', ')}`;
+  return null;
+}
+
+// ----------------------------------------------------------------------------
+// Helpers: a scope that closes what a case opened, whatever happens.
+
+class Scope {
+  private fds: number[] = [];
+  private maps: Array<{ address: bigint; size: bigint }> = [];
+  constructor(private readonly b: VfioBinding) {}
+  fd(fd: number): number {
+    this.fds.push(fd);
+    return fd;
+  }
+  forget(fd: number): void {
+    this.fds = this.fds.filter((x) => x !== fd);
+  }
+  async close(fd: number): Promise<void> {
+    this.forget(fd);
+    await this.b.close(fd);
+  }
+  async memory(size: bigint): Promise<{ fd: number; address: bigint; size: bigint }> {
+    const fd = this.fd(await this.b.memfdCreate('contract'));
+    await this.b.ftruncate(fd, size);
+    const address = await this.b.mmap(fd, size);
+    this.maps.push({ address, size });
+    return { fd, address, size };
+  }
+  async dispose(): Promise<void> {
+    // Close newest first: device fds before group fds before the container.
+    for (const fd of this.fds.reverse()) await this.b.close(fd).catch(() => undefined);
+    this.fds = [];
+    for (const m of this.maps) await this.b.munmap(m.address, m.size).catch(() => undefined);
+    this.maps = [];
+  }
+}
+
+async function scoped(ctx: ContractContext, fn: (s: Scope) => Promise<void>): Promise<void> {
+  const s = new Scope(ctx.binding);
+  try {
+    await fn(s);
+  } finally {
+    if (!ctx.sim?.dead) await s.dispose();
+  }
+}
+
+interface Setup {
+  group: number;
+  groupFd: number;
+  containerFd: number;
+}
+
+/** Opens the first group and a container; attaches and sets the IOMMU type when asked. */
+async function setup(ctx: ContractContext, s: Scope, iommu: 'none' | 'attached' | 'v1' | 'v2', index = 0): Promise<Setup> {
+  const g = ctx.groups[index]!;
+  const groupFd = s.fd(await ctx.binding.openGroup(ctx.devRoot, g.group));
+  const containerFd = s.fd(await ctx.binding.openContainer(ctx.devRoot));
+  if (iommu !== 'none') await succeeds(ctx.binding.groupSetContainer(groupFd, containerFd), 'GROUP_SET_CONTAINER');
+  const k = ctx.binding.constants;
+  if (iommu === 'v1') await succeeds(ctx.binding.setIommu(containerFd, k.spaprTceIommu), 'SET_IOMMU v1');
+  if (iommu === 'v2') await succeeds(ctx.binding.setIommu(containerFd, k.spaprTceV2Iommu), 'SET_IOMMU v2');
+  return { group: g.group, groupFd, containerFd };
+}
+
+function profile(ctx: ContractContext) {
+  return PLATFORM_PROFILES[ctx.platform];
+}
+
+const RW = (b: VfioBinding) => b.constants.dmaMapFlagRead | b.constants.dmaMapFlagWrite;
+/** An fd number no process has open (above any RLIMIT_NOFILE). */
+const BAD_FD = 1_000_000;
+const KiB = 1024n;
+const MiB = 1024n * KiB;
+
+async function locked(ctx: ContractContext): Promise<bigint> {
+  return ctx.binding.lockedMemoryBytes();
+}
+
+function simProcess(ctx: ContractContext): SimulatedProcess {
+  assert(ctx.sim, 'this case needs the simulator');
+  return ctx.binding as SimulatedProcess;
+}
+
+// ----------------------------------------------------------------------------
+
+export const contractCases: ContractCase[] = [
+  // --- nodes and the container ----------------------------------------------------
+  {
+    name: 'open a missing group node gives ENOENT with errno, code, syscall and path',
+    requires: { groups: 0 },
+    async run(ctx) {
+      const err = await rejectsWith(ctx.binding.openGroup(ctx.devRoot, 999999), 'ENOENT', 'open /dev/vfio/999999');
+      assert(err.errno < 0, `errno is negative like Node's (got ${err.errno})`);
+      equal(err.syscall, 'open', 'syscall');
+      assert(err.path?.endsWith('/dev/vfio/999999'), `path names the node (got ${err.path})`);
+    },
+  },
+  {
+    name: 'GET_API_VERSION is 0 and CHECK_EXTENSION reports both sPAPR types and EEH per platform',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const k = ctx.binding.constants;
+        const { containerFd } = await setup(ctx, s, 'none');
+        equal(await ctx.binding.getApiVersion(containerFd), k.apiVersion, 'GET_API_VERSION');
+        equal(await ctx.binding.checkExtension(containerFd, k.spaprTceV2Iommu), 1, 'CHECK_EXTENSION(SPAPR_TCE_v2)');
+        equal(await ctx.binding.checkExtension(containerFd, k.spaprTceIommu), 1, 'CHECK_EXTENSION(SPAPR_TCE)');
+        equal(await ctx.binding.checkExtension(containerFd, k.eehExtension), profile(ctx).eeh ? 1 : 0, 'CHECK_EXTENSION(VFIO_EEH)');
+        equal(await ctx.binding.checkExtension(containerFd, k.type1Iommu), 0, 'CHECK_EXTENSION(TYPE1) on POWER');
+      });
+    },
+  },
+  {
+    name: 'IOMMU ioctls before SET_IOMMU give EINVAL',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { containerFd } = await setup(ctx, s, 'attached');
+        await rejectsWith(b.spaprTceGetInfo(containerFd), 'EINVAL', 'GET_INFO');
+        await rejectsWith(b.enable(containerFd), 'EINVAL', 'ENABLE');
+        await rejectsWith(b.mapDma(containerFd, { vaddr: 0n, iova: 0n, size: 4096n, flags: RW(b) }), 'EINVAL', 'MAP_DMA');
+        await rejectsWith(b.registerMemory(containerFd, { vaddr: 0n, size: 4096n }), 'EINVAL', 'REGISTER_MEMORY');
+        await rejectsWith(b.tceCreate(containerFd, { pageShift: 12, windowSize: 1n << 30n, levels: 1 }), 'EINVAL', 'TCE_CREATE');
+        await rejectsWith(b.eehPeOp(containerFd, { op: b.constants.eehPeOp.getState }), 'EINVAL', 'EEH_PE_OP');
+      });
+    },
+  },
+  {
+    name: 'SET_IOMMU with no group attached, twice, or of an unknown type fails',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const k = b.constants;
+        const { groupFd, containerFd } = await setup(ctx, s, 'none');
+        await rejectsWith(b.setIommu(containerFd, k.spaprTceIommu), 'EINVAL', 'SET_IOMMU without a group');
+        await succeeds(b.groupSetContainer(groupFd, containerFd), 'GROUP_SET_CONTAINER');
+        await rejectsWith(b.setIommu(containerFd, k.type1Iommu), 'ENODEV', 'SET_IOMMU(TYPE1) on POWER');
+        await succeeds(b.setIommu(containerFd, k.spaprTceIommu), 'SET_IOMMU v1');
+        await rejectsWith(b.setIommu(containerFd, k.spaprTceIommu), 'EINVAL', 'SET_IOMMU twice');
+      });
+    },
+  },
+  // --- groups ---------------------------------------------------------------------
+  {
+    name: 'a group opens once, a second open is EBUSY, and after close it opens again',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const g = ctx.groups[0]!.group;
+        const fd = s.fd(await ctx.binding.openGroup(ctx.devRoot, g));
+        const err = await rejectsWith(ctx.binding.openGroup(ctx.devRoot, g), 'EBUSY', 'second open');
+        equal(err.syscall, 'open', 'syscall');
+        await s.close(fd);
+        s.fd(await succeeds(ctx.binding.openGroup(ctx.devRoot, g), 'open after close'));
+      });
+    },
+  },
+  {
+    name: 'GROUP_GET_STATUS is VIABLE before and VIABLE|CONTAINER_SET after SET_CONTAINER; short argsz is EINVAL',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { groupFd, containerFd } = await setup(ctx, s, 'none');
+        equal((await b.groupGetStatus(groupFd)).flags, 0x1, 'flags before SET_CONTAINER');
+        await rejectsWith(b.groupGetStatus(groupFd, { argsz: 4 }), 'EINVAL', 'argsz 4');
+        await b.groupSetContainer(groupFd, containerFd);
+        const st = await b.groupGetStatus(groupFd);
+        equal(st.flags, 0x3, 'flags after SET_CONTAINER');
+        assert(st.viable && st.containerSet, 'decoded flags');
+      });
+    },
+  },
+  {
+    name: 'GROUP_SET_CONTAINER, bad fd EBADF, not a container fd refused, twice EINVAL',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { groupFd, containerFd } = await setup(ctx, s, 'none');
+        await rejectsWith(b.groupSetContainer(groupFd, BAD_FD), 'EBADF', 'container fd not open');
+        const mem = s.fd(await b.memfdCreate('not-a-container'));
+        // 6.x kernels with iommufd compat answer EBADFD for a non-container fd; older ones EINVAL.
+        await rejectsWith(b.groupSetContainer(groupFd, mem), ['EBADFD', 'EINVAL'], 'a memfd as container');
+        await succeeds(b.groupSetContainer(groupFd, containerFd), 'first SET_CONTAINER');
+        await rejectsWith(b.groupSetContainer(groupFd, containerFd), 'EINVAL', 'second SET_CONTAINER');
+      });
+    },
+  },
+  {
+    name: 'GROUP_UNSET_CONTAINER without a container is EINVAL; with a device fd open EBUSY',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { groupFd, containerFd } = await setup(ctx, s, 'none');
+        await rejectsWith(b.groupUnsetContainer(groupFd), 'EINVAL', 'UNSET without container');
+        await b.groupSetContainer(groupFd, containerFd);
+        await b.setIommu(containerFd, b.constants.spaprTceIommu);
+        const dev = s.fd(await succeeds(b.groupGetDeviceFd(groupFd, ctx.groups[0]!.devices[0]!), 'GET_DEVICE_FD'));
+        await rejectsWith(b.groupUnsetContainer(groupFd), 'EBUSY', 'UNSET with a device open');
+        await s.close(dev);
+        await succeeds(b.groupUnsetContainer(groupFd), 'UNSET after closing the device');
+        equal((await b.groupGetStatus(groupFd)).flags, 0x1, 'flags after UNSET');
+      });
+    },
+  },
+  {
+    name: 'GROUP_GET_DEVICE_FD, unknown name ENODEV, before SET_IOMMU EINVAL, then a device fd with a config region',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const name = ctx.groups[0]!.devices[0]!;
+        const { groupFd, containerFd } = await setup(ctx, s, 'attached');
+        await rejectsWith(b.groupGetDeviceFd(groupFd, '0000:ff:1f.7'), 'ENODEV', 'unknown device name');
+        await rejectsWith(b.groupGetDeviceFd(groupFd, name), 'EINVAL', 'before SET_IOMMU');
+        await b.setIommu(containerFd, b.constants.spaprTceIommu);
+        await rejectsWith(b.groupGetDeviceFd(groupFd, '0000:ff:1f.7'), 'ENODEV', 'unknown device name after SET_IOMMU');
+        const dev = s.fd(await succeeds(b.groupGetDeviceFd(groupFd, name), 'GET_DEVICE_FD'));
+        const cfg = await b.deviceGetRegionInfo(dev, b.constants.pciRegion.config);
+        assert(cfg.size >= 256n, `config region size ${cfg.size}`);
+        const head = await b.pread(dev, 4, cfg.offset);
+        assert(head.readUInt16LE(0) !== 0xffff && head.readUInt16LE(0) !== 0, `vendor id 0x${head.readUInt16LE(0).toString(16)}`);
+      });
+    },
+  },
+  {
+    name: 'v1 takes one group per container, the second is EBUSY',
+    requires: { groups: 2 },
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { containerFd } = await setup(ctx, s, 'v1');
+        const g2 = s.fd(await b.openGroup(ctx.devRoot, ctx.groups[1]!.group));
+        await rejectsWith(b.groupSetContainer(g2, containerFd), 'EBUSY', 'second group on v1');
+      });
+    },
+  },
+  {
+    name: 'v2 with two groups, powernv programs windows into both, pseries refuses with EPERM while windows exist',
+    requires: { groups: 2 },
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const mem = await s.memory(64n * KiB);
+        await b.registerMemory(containerFd, { vaddr: mem.address, size: mem.size });
+        await b.tceRemove(containerFd, { startAddr: 0n });
+        await b.tceCreate(containerFd, { pageShift: 12, windowSize: 256n * MiB, levels: 1 });
+        const g2 = s.fd(await b.openGroup(ctx.devRoot, ctx.groups[1]!.group));
+        if (profile(ctx).family === 'pseries') await rejectsWith(b.groupSetContainer(g2, containerFd), 'EPERM', 'second group on pseries v2');
+        else await succeeds(b.groupSetContainer(g2, containerFd), 'second group on powernv v2');
+      });
+    },
+  },
+  // --- GET_INFO -------------------------------------------------------------------
+  {
+    name: 'SPAPR_TCE_GET_INFO on v1, the dma32 window of the platform, no DDW',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const { containerFd } = await setup(ctx, s, 'v1');
+        const info = await ctx.binding.spaprTceGetInfo(containerFd);
+        const p = profile(ctx);
+        equal(info.flags, 0, 'flags');
+        equal(BigInt(info.dma32WindowStart), p.dma32Start, 'dma32 start');
+        equal(BigInt(info.dma32WindowSize), p.dma32Size, 'dma32 size');
+        equal(info.ddw.pgsizes, 0n, 'ddw.pgsizes');
+        equal(info.ddw.levels, 0, 'ddw.levels');
+      });
+    },
+  },
+  {
+    name: 'SPAPR_TCE_GET_INFO on v2, DDW flag, pgsizes, windows and levels; argsz 15 EINVAL, 16 writes 16 bytes',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const p = profile(ctx);
+        const info = await b.spaprTceGetInfo(containerFd);
+        equal(info.flags & b.constants.spaprInfoDdw, b.constants.spaprInfoDdw, 'DDW flag');
+        equal(info.ddw.pgsizes, p.pgsizes, 'pgsizes');
+        equal(info.ddw.maxDynamicWindowsSupported, p.maxDynamicWindows, 'max dynamic windows');
+        equal(info.ddw.levels, p.maxLevels, 'levels');
+        await rejectsWith(b.spaprTceGetInfo(containerFd, { argsz: 15 }), 'EINVAL', 'argsz 15');
+        const short = await b.spaprTceGetInfo(containerFd, { argsz: 16 });
+        equal(BigInt(short.dma32WindowSize), p.dma32Size, 'dma32 size with argsz 16');
+        equal(short.ddw.pgsizes, 0n, 'ddw not written with argsz 16');
+      });
+    },
+  },
+  // --- v1 -------------------------------------------------------------------------
+  {
+    name: 'v1 ENABLE charges the dma32 window, twice is EBUSY, DISABLE returns 0 and un-charges',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const before = await locked(ctx);
+        const { containerFd } = await setup(ctx, s, 'v1');
+        await succeeds(b.enable(containerFd), 'ENABLE');
+        equal((await locked(ctx)) - before, profile(ctx).dma32Size, 'VmLck rise after ENABLE');
+        await rejectsWith(b.enable(containerFd), 'EBUSY', 'second ENABLE');
+        await succeeds(b.disable(containerFd), 'DISABLE');
+        equal(await locked(ctx), before, 'VmLck after DISABLE');
+        await succeeds(b.disable(containerFd), 'DISABLE again');
+        await rejectsWith(b.mapDma(containerFd, { vaddr: 0n, iova: 0n, size: 4096n, flags: RW(b) }), 'EPERM', 'MAP after DISABLE');
+      });
+    },
+  },
+  {
+    name: 'v1-only ioctls on v2 and v2-only ioctls on v1 are ENOTTY',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const v1 = await setup(ctx, s, 'v1');
+        await rejectsWith(b.registerMemory(v1.containerFd, { vaddr: 0n, size: 4096n }), 'ENOTTY', 'REGISTER_MEMORY on v1');
+        await rejectsWith(b.unregisterMemory(v1.containerFd, { vaddr: 0n, size: 4096n }), 'ENOTTY', 'UNREGISTER_MEMORY on v1');
+        await rejectsWith(b.tceCreate(v1.containerFd, { pageShift: 12, windowSize: 1n << 30n, levels: 1 }), 'ENOTTY', 'TCE_CREATE on v1');
+        await rejectsWith(b.tceRemove(v1.containerFd, { startAddr: 0n }), 'ENOTTY', 'TCE_REMOVE on v1');
+        await s.dispose();
+        const v2 = await setup(ctx, s, 'v2');
+        await rejectsWith(b.enable(v2.containerFd), 'ENOTTY', 'ENABLE on v2');
+        await rejectsWith(b.disable(v2.containerFd), 'ENOTTY', 'DISABLE on v2');
+      });
+    },
+  },
+  {
+    name: 'v1 MAP_DMA before ENABLE is EPERM; then every argument check in order, and a map/unmap round trip',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const before = await locked(ctx);
+        const { containerFd } = await setup(ctx, s, 'v1');
+        const mem = await s.memory(64n * KiB);
+        const p = profile(ctx);
+        const iova = p.dma32Start + 0x100000n;
+        const ok = { vaddr: mem.address, iova, size: mem.size, flags: RW(b) };
+        await rejectsWith(b.mapDma(containerFd, ok), 'EPERM', 'MAP before ENABLE');
+        await b.enable(containerFd);
+        await rejectsWith(b.mapDma(containerFd, { ...ok, argsz: 24 }), 'EINVAL', 'argsz 24');
+        await rejectsWith(b.mapDma(containerFd, { ...ok, flags: 4 }), 'EINVAL', 'unknown flag');
+        await rejectsWith(b.mapDma(containerFd, { ...ok, iova: p.dma32Start + p.dma32Size + 0x100000n }), 'ENXIO', 'iova in no window');
+        await rejectsWith(b.mapDma(containerFd, { ...ok, size: 0x800n }), 'EINVAL', 'size not a multiple of 4K');
+        await rejectsWith(b.mapDma(containerFd, { ...ok, vaddr: mem.address + 0x800n }), 'EINVAL', 'vaddr misaligned');
+        await rejectsWith(b.mapDma(containerFd, { ...ok, flags: 0 }), 'EINVAL', 'flags 0');
+        const plus = await rejectsWith(b.mapDma(containerFd, { ...ok, iova: iova + 0x800n }), UNEXPECTED_RETURN, 'misaligned iova');
+        equal(plus.returnValue, 1, 'misaligned iova returns +1');
+        await rejectsWith(b.mapDma(containerFd, { ...ok, vaddr: 0x1000n, size: 4096n }), 'EFAULT', 'unpinnable vaddr');
+        await succeeds(b.mapDma(containerFd, ok), 'MAP_DMA');
+        await succeeds(b.mapDma(containerFd, ok), 'MAP_DMA over an existing entry');
+        await rejectsWith(b.unmapDma(containerFd, { iova, size: mem.size, flags: 1 }), 'EINVAL', 'UNMAP with flags');
+        await rejectsWith(b.unmapDma(containerFd, { iova: p.dma32Start + p.dma32Size + 0x100000n, size: 4096n }), 'ENXIO', 'UNMAP in no window');
+        const uplus = await rejectsWith(b.unmapDma(containerFd, { iova: iova + 0x800n, size: 4096n }), UNEXPECTED_RETURN, 'UNMAP misaligned iova');
+        equal(uplus.returnValue, 1, 'UNMAP misaligned iova returns +1');
+        await rejectsWith(b.unmapDma(containerFd, { iova, size: mem.size, argsz: 16 }), 'EINVAL', 'UNMAP argsz 16');
+        await succeeds(b.unmapDma(containerFd, { iova, size: mem.size }), 'UNMAP_DMA');
+        await succeeds(b.unmapDma(containerFd, { iova, size: mem.size }), 'UNMAP of empty entries');
+        await s.dispose();
+        equal(await locked(ctx), before, 'VmLck after close');
+      });
+    },
+  },
+  // --- v2 -------------------------------------------------------------------------
+  {
+    name: 'v2 REGISTER_MEMORY, charges, flags/alignment EINVAL, same region EBUSY, overlap EINVAL, UNREGISTER un-charges',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const before = await locked(ctx);
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const page = BigInt(b.pageSize);
+        const mem = await s.memory(16n * page);
+        const reg = { vaddr: mem.address, size: 8n * page };
+        await rejectsWith(b.registerMemory(containerFd, { ...reg, flags: 1 }), 'EINVAL', 'flags 1');
+        await rejectsWith(b.registerMemory(containerFd, { ...reg, vaddr: mem.address + 0x100n }), 'EINVAL', 'vaddr not page aligned');
+        await rejectsWith(b.registerMemory(containerFd, { ...reg, size: page + 0x100n }), 'EINVAL', 'size not page aligned');
+        await rejectsWith(b.registerMemory(containerFd, { ...reg, argsz: 16 }), 'EINVAL', 'argsz 16');
+        await succeeds(b.registerMemory(containerFd, reg), 'REGISTER_MEMORY');
+        equal((await locked(ctx)) - before, reg.size, 'charge = size');
+        await rejectsWith(b.registerMemory(containerFd, reg), 'EBUSY', 'same region again');
+        await rejectsWith(b.registerMemory(containerFd, { vaddr: mem.address + 4n * page, size: 8n * page }), 'EINVAL', 'overlapping region');
+        await rejectsWith(b.unregisterMemory(containerFd, { vaddr: mem.address + 8n * page, size: 8n * page }), 'ENOENT', 'UNREGISTER unknown');
+        await rejectsWith(b.unregisterMemory(containerFd, { ...reg, flags: 1 }), 'EINVAL', 'UNREGISTER flags');
+        await succeeds(b.unregisterMemory(containerFd, reg), 'UNREGISTER_MEMORY');
+        equal(await locked(ctx), before, 'VmLck after UNREGISTER');
+      });
+    },
+  },
+  {
+    name: 'v2 MAP_DMA before REGISTER_MEMORY is EPERM; with memory registered the pending default window is created and charged',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const before = await locked(ctx);
+        const p = profile(ctx);
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const mem = await s.memory(64n * KiB);
+        const map = { vaddr: mem.address, iova: p.dma32Start + 0x100000n, size: mem.size, flags: RW(b) };
+        await rejectsWith(b.mapDma(containerFd, map), 'EPERM', 'MAP before REGISTER');
+        await b.registerMemory(containerFd, { vaddr: mem.address, size: mem.size });
+        await succeeds(b.mapDma(containerFd, map), 'MAP into the default window');
+        const table = (p.dma32Size >> 12n) * 8n * (p.family === 'powernv' ? 2n : 1n);
+        equal((await locked(ctx)) - before, mem.size + table, 'VmLck = registered memory + default table');
+        await succeeds(b.unmapDma(containerFd, { iova: map.iova, size: map.size }), 'UNMAP');
+        await s.dispose();
+        equal(await locked(ctx), before, 'VmLck after close');
+      });
+    },
+  },
+  {
+    name: 'v2 TCE_REMOVE cancels the pending default window, TCE_CREATE charges per platform and returns the platform start',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const p = profile(ctx);
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const before = await locked(ctx);
+        await succeeds(b.tceRemove(containerFd, { startAddr: 0n }), 'TCE_REMOVE of the pending default window');
+        await rejectsWith(b.tceRemove(containerFd, { startAddr: 0n }), 'EINVAL', 'TCE_REMOVE of no window');
+        await rejectsWith(b.tceRemove(containerFd, { startAddr: 0n, flags: 1 }), 'EINVAL', 'TCE_REMOVE flags');
+        const start = await succeeds(b.tceCreate(containerFd, { pageShift: 12, windowSize: p.dma32Size, levels: 1 }), 'TCE_CREATE');
+        const expectedStart = p.family === 'powernv' ? p.dma32Start : 1n << 59n;
+        equal(start, expectedStart, 'start_addr');
+        const table = (p.dma32Size >> 12n) * 8n * (p.family === 'powernv' ? 2n : 1n);
+        equal((await locked(ctx)) - before, table, 'table charge');
+        await succeeds(b.tceRemove(containerFd, { startAddr: start + 0x1000n }), 'TCE_REMOVE by an address inside');
+        equal(await locked(ctx), before, 'VmLck after TCE_REMOVE');
+      });
+    },
+  },
+  {
+    name: 'v2 TCE_CREATE refuses bad page shift, size, levels, flags; a third window is ENOSPC',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const p = profile(ctx);
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const w = { pageShift: 12, windowSize: 256n * MiB, levels: 1 };
+        await rejectsWith(b.tceCreate(containerFd, { ...w, pageShift: 13 }), 'EINVAL', 'page shift 13 not in pgsizes');
+        await rejectsWith(b.tceCreate(containerFd, { ...w, windowSize: 3n * MiB }), 'EINVAL', 'window size not a power of two');
+        await rejectsWith(b.tceCreate(containerFd, { ...w, levels: 0 }), 'EINVAL', 'levels 0');
+        await rejectsWith(b.tceCreate(containerFd, { ...w, levels: p.maxLevels + 1 }), 'EINVAL', 'levels above max');
+        await rejectsWith(b.tceCreate(containerFd, { ...w, flags: 1 }), 'EINVAL', 'flags');
+        await rejectsWith(b.tceCreate(containerFd, { ...w, argsz: 32 }), 'EINVAL', 'argsz 32');
+        // The pending default window takes slot 0 first, so one more window fills both slots.
+        await succeeds(b.tceCreate(containerFd, w), 'TCE_CREATE with the default window pending');
+        await rejectsWith(b.tceCreate(containerFd, w), 'ENOSPC', 'third window');
+      });
+    },
+  },
+  {
+    name: 'v2 MAP_DMA needs registered memory with pages at least the IOMMU page size',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const mem = await s.memory(128n * KiB);
+        const other = await s.memory(64n * KiB);
+        await b.registerMemory(containerFd, { vaddr: mem.address, size: mem.size });
+        await b.tceRemove(containerFd, { startAddr: 0n });
+        const start4k = await b.tceCreate(containerFd, { pageShift: 12, windowSize: 256n * MiB, levels: 1 });
+        const start64k = await b.tceCreate(containerFd, { pageShift: 16, windowSize: 256n * MiB, levels: 1 });
+        await rejectsWith(b.mapDma(containerFd, { vaddr: other.address, iova: start4k, size: other.size, flags: RW(b) }), 'EINVAL', 'unregistered vaddr');
+        if (b.pageSize < 65536) {
+          await rejectsWith(b.mapDma(containerFd, { vaddr: mem.address, iova: start64k, size: 64n * KiB, flags: RW(b) }), 'EINVAL', '64K IOMMU pages over 4K pages');
+        }
+        await succeeds(b.mapDma(containerFd, { vaddr: mem.address, iova: start4k, size: mem.size, flags: RW(b) }), 'MAP in the 4K window');
+        await succeeds(b.unmapDma(containerFd, { iova: start4k, size: mem.size }), 'UNMAP');
+      });
+    },
+  },
+  {
+    name: 'MAP_DMA past the end of a window Oopses the kernel (simulator only, the check must be ours)',
+    requires: { simulated: true },
+    async run(ctx) {
+      const b = ctx.binding;
+      const s = new Scope(b);
+      const { containerFd } = await setup(ctx, s, 'v2');
+      const mem = await s.memory(2n * MiB);
+      await b.registerMemory(containerFd, { vaddr: mem.address, size: mem.size });
+      await b.tceRemove(containerFd, { startAddr: 0n });
+      const start = await b.tceCreate(containerFd, { pageShift: 12, windowSize: 1n * MiB, levels: 1 });
+      const window = { start, size: 1n * MiB, pageShift: 12, levels: 1, created: true };
+      let refused = false;
+      try {
+        assertInsideWindow(window, start, mem.size);
+      } catch (err) {
+        refused = err instanceof VfioPrepareError && err.code === 'ERR_VFIO_WINDOW_BOUNDS';
+      }
+      assert(refused, 'assertInsideWindow refuses a range past the end');
+      let oops = false;
+      try {
+        await b.mapDma(containerFd, { vaddr: mem.address, iova: start, size: mem.size, flags: RW(b) });
+      } catch (err) {
+        oops = err instanceof KernelOopsError;
+      }
+      assert(oops, 'the simulated kernel Oopses on a map past the window end');
+      assert(ctx.sim?.dead, 'and is dead afterwards');
+    },
+  },
+  {
+    name: 'UNREGISTER of a still-mapped region returns 0 but leaks it until exit (simulator only, it would leak in the runner)',
+    requires: { simulated: true },
+    async run(ctx) {
+      const parent = simProcess(ctx);
+      const child = parent.fork();
+      const groupFd = await child.openGroup(ctx.devRoot, ctx.groups[0]!.group);
+      const containerFd = await child.openContainer(ctx.devRoot);
+      await child.groupSetContainer(groupFd, containerFd);
+      await child.setIommu(containerFd, child.constants.spaprTceV2Iommu);
+      const memFd = await child.memfdCreate('leak');
+      await child.ftruncate(memFd, 64n * KiB);
+      const addr = await child.mmap(memFd, 64n * KiB);
+      await child.registerMemory(containerFd, { vaddr: addr, size: 64n * KiB });
+      await child.mapDma(containerFd, { vaddr: addr, iova: 0x100000n, size: 64n * KiB, flags: RW(child) });
+      await succeeds(child.unregisterMemory(containerFd, { vaddr: addr, size: 64n * KiB }), 'UNREGISTER while mapped');
+      await child.close(groupFd);
+      await child.close(containerFd);
+      assert((await child.lockedMemoryBytes()) >= 64n * KiB, 'the region stays charged after close');
+      child.exit();
+      equal(await parent.lockedMemoryBytes(), 0n, 'the parent was never charged');
+    },
+  },
+  // --- the mm rule, release, EEH ------------------------------------------------------
+  {
+    name: 'once the container has an mm, another process gets EPERM (before, it may query)',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const { containerFd } = await setup(ctx, s, 'v1');
+        const early = await ctx.inOtherProcess([containerFd], 'spaprTceGetInfo', 0);
+        assert(early.ok, `GET_INFO from another process before the mm is set (got ${early.ok ? 'ok' : early.code})`);
+        await b.enable(containerFd);
+        const late = await ctx.inOtherProcess([containerFd], 'spaprTceGetInfo', 0);
+        equal(late.ok ? 'ok' : late.code, 'EPERM', 'GET_INFO from another process after ENABLE');
+        const map = await ctx.inOtherProcess([containerFd], 'mapDma', 0, [{ vaddr: 0x10000n, iova: 0x100000n, size: 0x1000n, flags: 3 }]);
+        equal(map.ok ? 'ok' : map.code, 'EPERM', 'MAP_DMA from another process');
+        equal(await b.getApiVersion(containerFd), 0, 'this process still owns it');
+      });
+    },
+  },
+  {
+    name: 'closing the fds releases everything, TCEs, windows, registrations, charges',
+    async run(ctx) {
+      const b = ctx.binding;
+      const before = await locked(ctx);
+      await scoped(ctx, async (s) => {
+        const { containerFd } = await setup(ctx, s, 'v2');
+        const mem = await s.memory(256n * KiB);
+        await b.registerMemory(containerFd, { vaddr: mem.address, size: mem.size });
+        await b.tceRemove(containerFd, { startAddr: 0n });
+        const start = await b.tceCreate(containerFd, { pageShift: 12, windowSize: 256n * MiB, levels: 1 });
+        await b.mapDma(containerFd, { vaddr: mem.address, iova: start, size: mem.size, flags: RW(b) });
+        assert((await locked(ctx)) > before, 'something is charged');
+      });
+      equal(await locked(ctx), before, 'VmLck after closing without any teardown ioctl');
+      await scoped(ctx, async (s) => {
+        const { containerFd } = await setup(ctx, s, 'v1');
+        await b.enable(containerFd);
+      });
+      equal(await locked(ctx), before, 'VmLck after closing an enabled v1 container');
+    },
+  },
+  {
+    name: 'GROUP_UNSET_CONTAINER releases the IOMMU, un-charged, and the container takes SET_IOMMU again',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const before = await locked(ctx);
+        const { groupFd, containerFd } = await setup(ctx, s, 'v1');
+        await b.enable(containerFd);
+        await succeeds(b.groupUnsetContainer(groupFd), 'UNSET_CONTAINER');
+        equal(await locked(ctx), before, 'VmLck after UNSET');
+        await rejectsWith(b.spaprTceGetInfo(containerFd), 'EINVAL', 'GET_INFO after the last group left');
+        await b.groupSetContainer(groupFd, containerFd);
+        await succeeds(b.setIommu(containerFd, b.constants.spaprTceV2Iommu), 'SET_IOMMU v2 on the reused container');
+      });
+    },
+  },
+  {
+    name: 'EEH_PE_OP, ENODEV without a PE (pseries), GET_STATE normal on powernv, flags and unknown ops EINVAL',
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const ops = b.constants.eehPeOp;
+        const { containerFd } = await setup(ctx, s, 'v2');
+        if (!profile(ctx).eeh) {
+          await rejectsWith(b.eehPeOp(containerFd, { op: ops.getState }), 'ENODEV', 'GET_STATE without a PE');
+          return;
+        }
+        equal(await b.eehPeOp(containerFd, { op: ops.getState }), b.constants.eehPeState.normal, 'GET_STATE');
+        await rejectsWith(b.eehPeOp(containerFd, { op: ops.getState, flags: 1 }), 'EINVAL', 'flags');
+        await rejectsWith(b.eehPeOp(containerFd, { op: ops.getState, argsz: 8 }), 'EINVAL', 'argsz 8');
+        await rejectsWith(b.eehPeOp(containerFd, { op: 99 }), 'EINVAL', 'unknown op');
+      });
+    },
+  },
+  // --- hostile input ------------------------------------------------------------------
+  {
+    name: 'every ioctl on a closed fd is a typed EBADF',
+    requires: { groups: 0 },
+    async run(ctx) {
+      const b = ctx.binding;
+      const fd = BAD_FD;
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['GET_API_VERSION', () => b.getApiVersion(fd)],
+        ['CHECK_EXTENSION', () => b.checkExtension(fd, 7)],
+        ['SET_IOMMU', () => b.setIommu(fd, 7)],
+        ['GET_INFO', () => b.spaprTceGetInfo(fd)],
+        ['ENABLE', () => b.enable(fd)],
+        ['DISABLE', () => b.disable(fd)],
+        ['REGISTER_MEMORY', () => b.registerMemory(fd, { vaddr: 0n, size: 4096n })],
+        ['UNREGISTER_MEMORY', () => b.unregisterMemory(fd, { vaddr: 0n, size: 4096n })],
+        ['TCE_CREATE', () => b.tceCreate(fd, { pageShift: 12, windowSize: 1n << 20n, levels: 1 })],
+        ['TCE_REMOVE', () => b.tceRemove(fd, { startAddr: 0n })],
+        ['MAP_DMA', () => b.mapDma(fd, { vaddr: 0n, iova: 0n, size: 4096n, flags: 3 })],
+        ['UNMAP_DMA', () => b.unmapDma(fd, { iova: 0n, size: 4096n })],
+        ['EEH_PE_OP', () => b.eehPeOp(fd, { op: 4 })],
+        ['GROUP_GET_STATUS', () => b.groupGetStatus(fd)],
+        ['GROUP_SET_CONTAINER', () => b.groupSetContainer(fd, fd)],
+        ['GROUP_UNSET_CONTAINER', () => b.groupUnsetContainer(fd)],
+        ['GROUP_GET_DEVICE_FD', () => b.groupGetDeviceFd(fd, 'x')],
+        ['DEVICE_GET_REGION_INFO', () => b.deviceGetRegionInfo(fd, 0)],
+      ];
+      for (const [name, call] of calls) {
+        const err = await rejectsWith(call(), 'EBADF', name);
+        equal(err.syscall, 'ioctl', `${name} syscall`);
+        assert(err.ioctl?.startsWith('VFIO_'), `${name} names the ioctl (${err.ioctl})`);
+      }
+      await rejectsWith(b.close(fd), 'EBADF', 'close');
+    },
+  },
+  {
+    name: 'VFIO ioctls on a non-VFIO fd are ENOTTY; malformed arguments are argument errors, never a crash',
+    requires: { groups: 0 },
+    async run(ctx) {
+      await scoped(ctx, async (s) => {
+        const b = ctx.binding;
+        const mem = s.fd(await b.memfdCreate('not-vfio'));
+        await rejectsWith(b.getApiVersion(mem), 'ENOTTY', 'GET_API_VERSION on a memfd');
+        await rejectsWith(b.groupGetStatus(mem), 'ENOTTY', 'GROUP_GET_STATUS on a memfd');
+        const bad = b as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+        await rejectsWithArgumentError(() => bad['mapDma']!(3, { vaddr: -1n, iova: 0n, size: 1n, flags: 3 }), 'negative vaddr');
+        await rejectsWithArgumentError(() => bad['mapDma']!(3, { vaddr: 1n << 64n, iova: 0n, size: 1n, flags: 3 }), 'vaddr above 2^64');
+        await rejectsWithArgumentError(() => bad['mapDma']!(3, { vaddr: 0, iova: 0n, size: 1n, flags: 3 }), 'number instead of bigint');
+        await rejectsWithArgumentError(() => bad['getApiVersion']!('3'), 'string fd');
+        await rejectsWithArgumentError(() => bad['getApiVersion']!(1.5), 'fractional fd');
+        await rejectsWithArgumentError(() => bad['spaprTceGetInfo']!(3, { argsz: -1 }), 'negative argsz');
+        await rejectsWithArgumentError(() => bad['openGroup']!(ctx.devRoot, -1), 'negative group');
+        await rejectsWithArgumentError(() => bad['groupGetDeviceFd']!(3, 'a\0b'), 'NUL in device name');
+        await rejectsWithArgumentError(() => bad['sendFds']!(3, Buffer.alloc(0), []), 'empty message');
+      });
+    },
+  },
+  {
+    name: 'memfd memory, write, read back, munmap; reads outside a mapping are RangeErrors; unknown munmap EINVAL',
+    requires: { groups: 0 },
+    async run(ctx) {
+      const b = ctx.binding;
+      const fd = await b.memfdCreate('roundtrip');
+      try {
+        await b.ftruncate(fd, 64n * KiB);
+        const addr = await b.mmap(fd, 64n * KiB);
+        const pattern = Buffer.from('sPAPR TCE round trip');
+        b.writeMemory(addr + 100n, pattern);
+        equal(b.readMemory(addr + 100n, pattern.length).toString(), pattern.toString(), 'read back');
+        equal((await b.pread(fd, pattern.length, 100n)).toString(), pattern.toString(), 'the memfd holds it');
+        await rejectsWithArgumentError(() => b.readMemory(addr + 64n * KiB - 4n, 8), 'read across the end');
+        await rejectsWithArgumentError(() => b.readMemory(0x1000n, 4), 'read of an unknown address');
+        await rejectsWith(b.munmap(addr + 4096n, 4096n), 'EINVAL', 'munmap of part of a mapping');
+        await succeeds(b.munmap(addr, 64n * KiB), 'munmap');
+        await rejectsWithArgumentError(() => b.readMemory(addr, 4), 'read after munmap');
+      } finally {
+        await b.close(fd);
+      }
+    },
+  },
+  {
+    name: 'SCM_RIGHTS, a memfd sent over a socket pair maps the same memory',
+    requires: { groups: 0 },
+    async run(ctx) {
+      const b = ctx.binding;
+      const [a, c] = await b.socketPair();
+      const fd = await b.memfdCreate('passed');
+      const opened = [a, c, fd];
+      try {
+        await b.ftruncate(fd, 4096n);
+        await b.pwrite(fd, Buffer.from('handed over'), 0n);
+        equal(await b.sendFds(a, Buffer.from('{"v":1}'), [fd]), 7, 'bytes sent');
+        const msg = await b.recvFds(c, 64, 4);
+        equal(msg.data.toString(), '{"v":1}', 'payload');
+        equal(msg.fds.length, 1, 'one fd received');
+        opened.push(...msg.fds);
+        assert(msg.fds[0] !== fd, 'a new fd number');
+        equal((await b.pread(msg.fds[0]!, 11, 0n)).toString(), 'handed over', 'same file behind it');
+        await rejectsWith(b.sendFds(a, Buffer.from('x'), [BAD_FD]), 'EBADF', 'sending a closed fd');
+        await rejectsWith(b.sendFds(fd, Buffer.from('x'), []), 'ENOTSOCK', 'sendmsg on a memfd');
+      } finally {
+        for (const x of opened) await b.close(x).catch(() => undefined);
+      }
+    },
+  },
+  {
+    name: 'RLIMIT_MEMLOCK and VmLck are readable',
+    requires: { groups: 0 },
+    async run(ctx) {
+      const limit = ctx.binding.getMemlockLimit();
+      assert(limit.soft === null || typeof limit.soft === 'bigint', 'soft limit is a bigint or null (unlimited)');
+      assert(limit.hard === null || limit.soft === null || limit.soft <= limit.hard, 'soft <= hard');
+      const vmLck = await ctx.binding.lockedMemoryBytes();
+      assert(vmLck >= 0n, 'VmLck is non-negative');
+    },
+  },
+  // --- memlock accounting (the runner has CAP_IPC_LOCK in the guest) ----------------------
+  {
+    name: 'ENABLE over RLIMIT_MEMLOCK is ENOMEM and charges nothing; CAP_IPC_LOCK bypasses the limit',
+    requires: { simulated: true },
+    async run(ctx) {
+      const p = simProcess(ctx);
+      p.setCapIpcLock(false);
+      p.setMemlockLimit(64n * MiB);
+      await scoped(ctx, async (s) => {
+        const { containerFd } = await setup(ctx, s, 'v1');
+        await rejectsWith(p.enable(containerFd), 'ENOMEM', 'ENABLE over the limit');
+        equal(await p.lockedMemoryBytes(), 0n, 'nothing charged');
+        p.setCapIpcLock(true);
+        await succeeds(p.enable(containerFd), 'ENABLE with CAP_IPC_LOCK');
+        equal(await p.lockedMemoryBytes(), profile(ctx).dma32Size, 'still counted');
+      });
+      equal(await p.lockedMemoryBytes(), 0n, 'released');
+    },
+  },
+  // --- the sequence -------------------------------------------------------------------
+  {
+    name: 'sequence, prepareContainer maps the memory with one MAP_DMA, DMA-visible, and release returns everything',
+    async run(ctx) {
+      const b = ctx.binding;
+      const before = await locked(ctx);
+      const prepared = await prepareContainer(b, { devRoot: ctx.devRoot, groups: [ctx.groups[0]!.group], memorySize: 1n * MiB });
+      try {
+        equal(prepared.iommu, 'v2', 'v2 is taken where the platform has dynamic windows');
+        equal(prepared.mappings.length, 1, 'one range');
+        equal(prepared.mappings[0]!.size, 1n * MiB, 'the whole memory');
+        equal(prepared.window.pageShift, b.pageSize === 4096 ? 12 : 16, 'IOMMU page = backing page');
+        assert(prepared.window.start + prepared.window.size >= prepared.mappings[0]!.iova + 1n * MiB, 'inside the window');
+        if (ctx.sim) {
+          const maps = ctx.sim.calls.filter((c) => c.op === 'VFIO_IOMMU_MAP_DMA');
+          equal(maps.length, 1, 'MAP_DMA calls');
+          b.writeMemory(prepared.memory.address + 8n, Buffer.from('dma'));
+          equal(ctx.sim.dmaRead(ctx.groups[0]!.group, prepared.window.start + 8n, 3).toString(), 'dma', 'device reads through the IOMMU');
+        }
+      } finally {
+        await prepared.release();
+      }
+      equal(await locked(ctx), before, 'VmLck after release');
+      const fd = await succeeds(b.openGroup(ctx.devRoot, ctx.groups[0]!.group), 'group free again');
+      await b.close(fd);
+    },
+  },
+  {
+    name: 'sequence, forced v1 maps inside the dma32 window and releases',
+    async run(ctx) {
+      const before = await locked(ctx);
+      const prepared = await prepareContainer(ctx.binding, { devRoot: ctx.devRoot, groups: [ctx.groups[0]!.group], memorySize: 256n * KiB, iommu: 'v1' });
+      try {
+        equal(prepared.iommu, 'v1', 'iommu');
+        equal(prepared.window.start, profile(ctx).dma32Start, 'window start');
+        equal(prepared.lockedBytes, profile(ctx).dma32Size, 'ENABLE charge');
+      } finally {
+        await prepared.release();
+      }
+      equal(await locked(ctx), before, 'VmLck after release');
+    },
+  },
+  {
+    name: 'sequence, verifyGroups runs the whole sequence and leaves nothing behind',
+    async run(ctx) {
+      const before = await locked(ctx);
+      const results = await verifyGroups(ctx.binding, ctx.groups.map((g) => g.group), { devRoot: ctx.devRoot });
+      equal(results.length, ctx.groups.length, 'one result per group');
+      equal(await locked(ctx), before, 'VmLck after verify');
+      if (ctx.sim) assert(!ctx.sim.dead, 'the kernel is alive');
+    },
+  },
+  {
+    name: 'sequence, verify failures name the cause and the remedy (busy, not viable, memlock, EEH, missing)',
+    requires: { simulated: true },
+    async run(ctx) {
+      const sim = ctx.sim!;
+      const p = simProcess(ctx);
+      const g = ctx.groups[0]!;
+      const expectPrepare = async (code: string, text: RegExp, what: string) => {
+        try {
+          await verifyGroups(p, [g.group], { devRoot: ctx.devRoot, iommu: 'v1' });
+        } catch (err) {
+          assert(err instanceof VfioPrepareError, `${what}: a VfioPrepareError (got ${String(err)})`);
+          equal(err.code, code, `${what}: code`);
+          assert(text.test(err.message), `${what}: message ${JSON.stringify(err.message)} matches ${text}`);
+          equal(p.openFds().length, 0, `${what}: no fd left open`);
+          equal(await p.lockedMemoryBytes(), 0n, `${what}: nothing charged`);
+          return;
+        }
+        throw new Error(`${what}: verify succeeded`);
+      };
+      sim.setGroupBusy(g.group, true);
+      await expectPrepare('ERR_VFIO_GROUP_BUSY', /already open/, 'busy');
+      sim.setGroupBusy(g.group, false);
+      sim.bindHostDriver(g.group, g.devices[0]!, 'nvme');
+      await expectPrepare('ERR_VFIO_GROUP_NOT_VIABLE', /vfio-pci/, 'host driver');
+      sim.bindHostDriver(g.group, g.devices[0]!, null);
+      p.setCapIpcLock(false);
+      p.setMemlockLimit(64n * MiB);
+      const dma32Mib = profile(ctx).dma32Size / MiB;
+      await expectPrepare('ERR_VFIO_MEMLOCK', new RegExp(`RLIMIT_MEMLOCK is 64 MiB .*at least ${dma32Mib} MiB`), 'memlock');
+      p.setMemlockLimit(null);
+      if (profile(ctx).eeh) {
+        sim.freezePe(g.group);
+        await expectPrepare('ERR_VFIO_EEH_FROZEN', /\(state 2\)/, 'frozen PE');
+      }
+      sim.removeDevice(g.group);
+      await expectPrepare('ERR_VFIO_GROUP_MISSING', /does not exist/, 'removed');
+    },
+  },
+];
