@@ -1,35 +1,28 @@
 // Scale: large nodes scan without blocking the event loop, and one group
-// rescans in milliseconds. The full 4096-group benchmark writes ~16k function
-// directories (a minute on a loaded CI VM), so it runs only with PVDP_BENCH=1.
+// rescans on its own. Timings are the benchmarks' business (npm run bench).
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { discoverGroup, discoverTopology, TopologyWatcher } from '../../src/topology/discover.js';
 import { buildTree, largeNode, type TestTree } from '../helpers/fixtures.js';
 
-/** Largest gap between 1 ms ticks while `work` runs: how long the loop was blocked. */
-async function maxLoopLag<T>(work: () => Promise<T>): Promise<{ result: T; lagMs: number }> {
-  let last = performance.now();
-  let lagMs = 0;
-  const tick = setInterval(() => {
-    const now = performance.now();
-    lagMs = Math.max(lagMs, now - last);
-    last = now;
-  }, 1);
+/**
+ * How many times the event loop turned while `work` ran. An asynchronous scan
+ * yields to the loop between reads; a synchronous one would not turn it at all.
+ * Counting turns, not milliseconds, keeps the test steady on a loaded machine.
+ */
+async function loopTurns<T>(work: () => Promise<T>): Promise<{ result: T; turns: number }> {
+  let turns = 0;
+  let running = true;
+  const spin = (): void => {
+    if (!running) return;
+    turns += 1;
+    setImmediate(spin);
+  };
+  setImmediate(spin);
   try {
-    return { result: await work(), lagMs };
+    return { result: await work(), turns };
   } finally {
-    clearInterval(tick);
+    running = false;
   }
-}
-
-async function median(runs: number, fn: () => Promise<unknown>): Promise<number> {
-  const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t = performance.now();
-    await fn();
-    times.push(performance.now() - t);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)] ?? 0;
 }
 
 describe('a node with 256 groups of 4 functions', () => {
@@ -42,19 +35,18 @@ describe('a node with 256 groups of 4 functions', () => {
   });
 
   it('scans fully while the event loop keeps ticking', async () => {
-    const { result: topo, lagMs } = await maxLoopLag(() => discoverTopology(tree.roots));
+    const { result: topo, turns } = await loopTurns(() => discoverTopology(tree.roots));
     expect(topo.groups.size).toBe(256);
     expect(topo.issues).toEqual([]);
     expect([...topo.groups.values()].every((g) => g.usable && g.functions.length === 4)).toBe(true);
-    // Sync I/O of ~10k attribute files would block for well over this.
-    expect(lagMs).toBeLessThan(100);
+    // The loop kept turning throughout: far more turns than one per group.
+    expect(turns).toBeGreaterThan(256);
   });
 
-  it('rescans one group in a few milliseconds', async () => {
-    await discoverGroup(tree.roots, 100);
-    const ms = await median(7, () => discoverGroup(tree.roots, 100));
-    // Target 5 ms; the bound leaves room for a loaded CI machine.
-    expect(ms).toBeLessThan(25);
+  it('rescans one group on its own', async () => {
+    const { group, issues } = await discoverGroup(tree.roots, 100);
+    expect(issues).toEqual([]);
+    expect(group?.functions).toHaveLength(4);
   });
 
   it('a quiet poll rescans nothing', async () => {
@@ -76,23 +68,4 @@ describe('a node with 256 groups of 4 functions', () => {
       await watcher.stop();
     }
   });
-});
-
-describe.skipIf(process.env.PVDP_BENCH !== '1')('benchmark: 4096 groups of 4 functions (PVDP_BENCH=1)', () => {
-  let tree: TestTree;
-  beforeAll(async () => {
-    tree = await buildTree(largeNode(4096, 4));
-  }, 600_000);
-  afterAll(async () => {
-    await tree.cleanup();
-  });
-
-  it('full scan under 500 ms, single group under 5 ms', async () => {
-    await discoverTopology(tree.roots);
-    const full = await median(3, () => discoverTopology(tree.roots));
-    const one = await median(7, () => discoverGroup(tree.roots, 2048));
-    console.log(`Full scan ${full.toFixed(0)} ms, one group ${one.toFixed(2)} ms`);
-    expect(one).toBeLessThan(5);
-    expect(full).toBeLessThan(500);
-  }, 120_000);
 });
