@@ -7,6 +7,11 @@ import type { Topology, TopologyChange } from './topology/types.js';
 import { TopologyWatcher } from './topology/discover.js';
 import { PluginManager, type Preparer } from './kubelet/plugin-manager.js';
 import { CdiSpecWriter } from './cdi/spec-writer.js';
+import type { PluginMetrics } from './report/metrics.js';
+import type { NodeReporter } from './report/node-reporter.js';
+import type { NodeSnapshot } from './report/snapshot.js';
+import type { ResourceConfig } from './config/schema.js';
+import type { IommuGroup } from './topology/types.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -14,6 +19,10 @@ export interface DaemonDeps {
   preparer?: Preparer;
   /** Device-plugins directory polling interval (safety net behind the directory watch). */
   socketCheckIntervalMs?: number;
+  /** Prometheus metrics, updated from the rooms' hooks. */
+  metrics?: PluginMetrics;
+  /** Node condition, Events and labels through the Kubernetes API. */
+  reporter?: NodeReporter;
 }
 
 export class Daemon {
@@ -21,7 +30,11 @@ export class Daemon {
   readonly manager: PluginManager;
   private readonly watcher: TopologyWatcher;
   private readonly logger: Logger;
+  private readonly metrics: PluginMetrics | undefined;
+  private readonly reporter: NodeReporter | undefined;
   private issuesText = '';
+  /** The first discovery finished (readiness). */
+  discovered = false;
 
   constructor(settings: Settings, deps: DaemonDeps) {
     this.settings = settings;
@@ -30,14 +43,62 @@ export class Daemon {
       { sysfsRoot: settings.sysfsRoot, devRoot: settings.devRoot },
       { pollIntervalMs: settings.pollIntervalMs, logger: deps.logger.child({ room: 'topology' }) },
     );
+    this.metrics = deps.metrics;
+    this.reporter = deps.reporter;
+    const metrics = deps.metrics;
+    const preparer = deps.preparer && metrics ? this.measured(deps.preparer, metrics) : deps.preparer;
     this.manager = new PluginManager({
       pluginDir: settings.devicePluginDir,
       resources: settings.resources,
       logger: deps.logger,
-      ...(deps.preparer ? { preparer: deps.preparer } : {}),
+      ...(preparer ? { preparer } : {}),
+      ...(metrics
+        ? {
+            onRegistered: (resource: string, reason: string) => metrics.countRegistration(resource, reason),
+            onKubeletRestart: () => metrics.countKubeletRestart(),
+            onAllocate: (resource: string, containers: IommuGroup[][]) =>
+              metrics.countAllocation(resource, containers.reduce((n, c) => n + c.length, 0)),
+          }
+        : {}),
       ...(deps.socketCheckIntervalMs ? { checkIntervalMs: deps.socketCheckIntervalMs } : {}),
       ...(settings.cdiSpecDir ? { cdi: new CdiSpecWriter(settings.cdiSpecDir) } : {}),
     });
+  }
+
+  /** Times every preparation and counts the ioctl errors behind failures. */
+  private measured(preparer: Preparer, metrics: PluginMetrics): Preparer {
+    return async (resource: ResourceConfig, groups: IommuGroup[]) => {
+      const started = process.hrtime.bigint();
+      try {
+        await preparer(resource, groups);
+        metrics.observePreparation(resource.name, resource.preparation.mode, 'success', Number(process.hrtime.bigint() - started) / 1e9);
+      } catch (err) {
+        metrics.observePreparation(resource.name, resource.preparation.mode, 'failure', Number(process.hrtime.bigint() - started) / 1e9);
+        let cause: unknown = err;
+        while (cause instanceof Error) {
+          if (metrics.countIoctlErrorFrom(cause)) break;
+          cause = cause.cause;
+        }
+        throw err;
+      }
+    };
+  }
+
+  /** What is advertised now, for the node report and the device gauges. */
+  snapshot(): NodeSnapshot {
+    const advertised = this.manager.snapshot();
+    return {
+      resources: advertised.resources,
+      conflicts: advertised.conflicts.map((c) => ({ group: c.group, resources: c.resources })),
+      capabilities: { groups: this.watcher.current().groups.size },
+    };
+  }
+
+  private publish(): void {
+    if (!this.metrics && !this.reporter) return;
+    const snapshot = this.snapshot();
+    this.metrics?.setDevices(snapshot);
+    this.reporter?.report(snapshot);
   }
 
   topology(): Topology {
@@ -50,6 +111,8 @@ export class Daemon {
     const topology = await this.watcher.start();
     this.logTopology(topology);
     this.manager.applyTopology(topology);
+    this.discovered = true;
+    this.publish();
     await this.manager.start();
     return topology;
   }
@@ -66,6 +129,7 @@ export class Daemon {
     );
     this.logTopology(change.topology);
     this.manager.applyTopology(change.topology);
+    this.publish();
   }
 
   private logTopology(topology: Topology): void {
@@ -80,5 +144,6 @@ export class Daemon {
   async stop(): Promise<void> {
     await this.watcher.stop();
     await this.manager.stop();
+    await this.reporter?.stop();
   }
 }

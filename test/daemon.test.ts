@@ -15,12 +15,18 @@ import type { Settings } from '../src/config/settings.js';
 import type { DiscoveryRoots } from '../src/topology/types.js';
 import { malformedTree } from './helpers/fixtures.js';
 import { parseConfigText } from '../src/config/load.js';
+import { startFakeApiServer, type FakeApiServer } from './helpers/fake-apiserver.js';
+import { NodeReporter } from '../src/report/node-reporter.js';
+import { createMetrics, type PluginMetrics } from '../src/report/metrics.js';
+import { waitFor } from './helpers/fixtures.js';
 
 let dir: string;
 let kubelet: SimulatedKubelet;
 let daemon: Daemon | null;
 let roots: DiscoveryRoots;
 let logLines: { level: string; msg: string; [k: string]: unknown }[];
+
+let reporting: { api: FakeApiServer; reporter: NodeReporter; metrics: PluginMetrics } | null = null;
 
 async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(), config = simulatedNodeConfig()): Promise<void> {
   roots = 'groups' in spec ? await writeSysfsTree(join(dir, 'node'), spec) : spec;
@@ -34,6 +40,10 @@ async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(),
     logLevel: 'debug',
     simulate: true,
     cdiSpecDir: null,
+    nodeName: null,
+    kubeconfig: null,
+    metricsPort: null,
+    metricsBind: '127.0.0.1',
     resources: config.resources,
   };
   kubelet = new SimulatedKubelet(settings.devicePluginDir);
@@ -44,7 +54,12 @@ async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(),
       cb();
     },
   });
-  daemon = new Daemon(settings, { logger: createLogger({ level: 'debug', destination: sink }), socketCheckIntervalMs: 200 });
+  const logger = createLogger({ level: 'debug', destination: sink });
+  daemon = new Daemon(settings, {
+    logger,
+    socketCheckIntervalMs: 200,
+    ...(reporting ? { reporter: reporting.reporter, metrics: reporting.metrics } : {}),
+  });
   const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 5000)));
   await daemon.start();
   await registered;
@@ -58,6 +73,8 @@ beforeEach(async () => {
 
 afterEach(async () => {
   await daemon?.stop();
+  await reporting?.api.close();
+  reporting = null;
   await kubelet?.stop();
   await rm(dir, { recursive: true, force: true });
 });
@@ -158,5 +175,59 @@ describe('the plugin on a malformed sysfs tree', () => {
     } finally {
       await tree.cleanup();
     }
+  });
+});
+
+describe('node reporting from the whole plugin', () => {
+  async function withReporting(): Promise<{ api: FakeApiServer; metrics: PluginMetrics }> {
+    const api = await startFakeApiServer();
+    api.addNode('power9-a');
+    const metrics = createMetrics({ version: 'test', processMetrics: false });
+    const reporter = new NodeReporter({
+      kubeConfig: api.kubeConfig(),
+      nodeName: 'power9-a',
+      backoff: { initialMs: 5, maxMs: 40, jitter: 0.2 },
+      eventCoalesceMs: 5,
+      heartbeatIntervalMs: 0,
+    });
+    reporting = { api, reporter, metrics };
+    return { api, metrics };
+  }
+
+  const condition = (api: FakeApiServer) => api.condition('power9-a', 'PowerVfioDevicePluginHealthy') as { status: string; reason: string; message: string } | undefined;
+
+  it('an EEH freeze reaches ListAndWatch and the node condition, events and metrics; recovery clears it', async () => {
+    const { api, metrics } = await withReporting();
+    await startDaemon();
+    await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
+    await setEehState(roots, '0035:02:00.0', FROZEN_EEH_STATE);
+    await kubelet.waitForDevices('ibm.com/fpga', (d) => d[0]?.health === 'Unhealthy');
+    await waitFor(() => condition(api)?.status === 'False', { timeoutMs: 5000 });
+    expect(condition(api)).toMatchObject({ reason: 'DevicesUnhealthy' });
+    expect(condition(api)!.message).toMatch(/ibm\.com\/fpga.*6/);
+    await waitFor(() => api.events().length > 0, { timeoutMs: 5000 });
+    expect(JSON.stringify(api.events())).toMatch(/6/);
+    expect(await metrics.text()).toMatch(/power_vfio_devices\{[^}]*resource="ibm.com\/fpga"[^}]*health="Unhealthy"[^}]*\} 1/);
+    await setEehState(roots, '0035:02:00.0', HEALTHY_EEH_STATE);
+    await kubelet.waitForDevices('ibm.com/fpga', (d) => d[0]?.health === 'Healthy');
+    await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
+  });
+
+  it('an unbind and a hot-unplug reach the node report; the plugin keeps serving while the API server is down', async () => {
+    const { api } = await withReporting();
+    await startDaemon();
+    await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
+    await api.down();
+    await bindDriver(roots, '0030:01:00.1', 'mlx5_core');
+    await kubelet.waitForDevices('ibm.com/connectx5', (d) => d[0]?.health === 'Unhealthy');
+    // The kubelet side is unaffected by the API server being down.
+    await kubelet.allocate('ibm.com/nvme', [['4']]);
+    await api.up();
+    await waitFor(() => condition(api)?.status === 'False', { timeoutMs: 5000 });
+    expect(condition(api)!.message).toMatch(/connectx5.*3/);
+    await bindDriver(roots, '0030:01:00.1', 'vfio-pci');
+    await removeGroup(roots, 3);
+    await kubelet.waitForDevices('ibm.com/connectx5', (d) => d.length === 0);
+    await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
   });
 });

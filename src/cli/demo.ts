@@ -49,6 +49,10 @@ export async function runDemo(): Promise<number> {
       logLevel: 'debug',
       simulate: true,
       cdiSpecDir: null,
+      nodeName: null,
+      kubeconfig: null,
+      metricsPort: null,
+      metricsBind: '127.0.0.1',
       resources: config.resources,
     };
     say(bold('power-vfio-device-plugin demo: a simulated POWER9 node, a built-in kubelet, real gRPC over unix sockets'));

@@ -12,6 +12,39 @@ import { writeSysfsTree } from '../simulate/sysfs-tree.js';
 import { builtinPowerNode } from '../simulate/power-node.js';
 import { runDemo } from './demo.js';
 import { buildPreparer } from './preparation.js';
+import { createMetrics } from '../report/metrics.js';
+import { NodeReporter, loadKubeConfig } from '../report/node-reporter.js';
+import { startProbeServer, type ProbeServer } from '../report/http-server.js';
+import { readFile } from 'node:fs/promises';
+
+async function packageVersion(): Promise<string> {
+  try {
+    const text = await readFile(new URL('../../package.json', import.meta.url), 'utf8');
+    return (JSON.parse(text) as { version?: string }).version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Node reporting needs a node name and a way to the API server. */
+function createReporter(settings: Settings, logger: Logger, metrics: ReturnType<typeof createMetrics>): NodeReporter | undefined {
+  if (!settings.nodeName) {
+    logger.info('Node reporting is off: no node name (set NODE_NAME or --node-name)');
+    return undefined;
+  }
+  if (!settings.kubeconfig && !process.env.KUBERNETES_SERVICE_HOST) {
+    logger.info('Node reporting is off: not in a cluster and no --kubeconfig');
+    return undefined;
+  }
+  const kubeconfig = settings.kubeconfig ?? undefined;
+  return new NodeReporter({
+    kubeConfig: () => loadKubeConfig(kubeconfig),
+    nodeName: settings.nodeName,
+    logger,
+    onStateChange: (status) => metrics.setApiReportingState(status.state),
+    onRequestError: (err) => metrics.countApiRequestError(err.kind, err.operation),
+  });
+}
 
 async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
   let simulatedDir: string | null = null;
@@ -27,7 +60,28 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     resources: settings.resources,
     logger,
   });
-  const daemon = new Daemon(settings, { logger, ...(preparation.preparer ? { preparer: preparation.preparer } : {}) });
+  const metrics = createMetrics({ version: await packageVersion() });
+  const reporter = createReporter(settings, logger, metrics);
+  const daemon = new Daemon(settings, {
+    logger,
+    metrics,
+    ...(reporter ? { reporter } : {}),
+    ...(preparation.preparer ? { preparer: preparation.preparer } : {}),
+  });
+  let probe: ProbeServer | null = null;
+  if (settings.metricsPort !== null) {
+    probe = await startProbeServer({
+      host: settings.metricsBind,
+      port: settings.metricsPort,
+      metrics,
+      logger,
+      readiness: () => ({
+        discoveryDone: daemon.discovered,
+        resources: settings.resources.map((r) => ({ name: r.name, registered: daemon.manager.registered(r.name) })),
+        ...(reporter ? { apiReporting: reporter.status() } : {}),
+      }),
+    });
+  }
   const done = new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
@@ -36,6 +90,7 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
       logger.info({ signal }, 'Shutting down');
       daemon
         .stop()
+        .then(() => probe?.close())
         .then(async () => {
           if (simulatedDir) await rm(simulatedDir, { recursive: true, force: true });
           resolve(0);

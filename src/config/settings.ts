@@ -22,6 +22,13 @@ export interface Settings {
   simulate: boolean;
   /** Directory of CDI specs when CDI is on, else null. */
   cdiSpecDir: string | null;
+  /** This node's name, for node reporting (the DaemonSet passes spec.nodeName). */
+  nodeName: string | null;
+  /** Kubeconfig file; null means in-cluster configuration. */
+  kubeconfig: string | null;
+  /** Port of /metrics, /healthz and /readyz; 0 picks a free port, null turns the server off. */
+  metricsPort: number | null;
+  metricsBind: string;
   resources: ResourceConfig[];
 }
 
@@ -36,6 +43,10 @@ export const FLAGS = {
   'log-level': { type: 'string', help: 'fatal, error, warn, info, debug, trace or silent (default info)' },
   simulate: { type: 'boolean', help: 'Run on the built-in simulated POWER node' },
   cdi: { type: 'boolean', help: 'Write CDI specs and name CDI devices in Allocate (default off)' },
+  'node-name': { type: 'string', help: 'This node\'s name for node reporting (default: NODE_NAME)' },
+  kubeconfig: { type: 'string', help: 'Kubeconfig for node reporting (default: in-cluster)' },
+  'metrics-port': { type: 'string', help: 'Port for /metrics, /healthz and /readyz; "off" disables (default 9101)' },
+  'metrics-bind': { type: 'string', help: 'Address the metrics port listens on (default 0.0.0.0)' },
   'cdi-spec-dir': { type: 'string', help: 'Directory for CDI specs (default /var/run/cdi)' },
   help: { type: 'boolean', help: 'Show this help' },
 } as const;
@@ -136,6 +147,14 @@ export async function resolveSettings(
   if (!LOG_LEVELS.includes(level as LogLevel)) {
     throw new UsageError(`--log-level: "${level}" is not one of ${LOG_LEVELS.join(', ')}`);
   }
+  const metricsPortText = str('metrics-port') ?? '9101';
+  let metricsPort: number | null = null;
+  if (metricsPortText !== 'off') {
+    metricsPort = Number(metricsPortText);
+    if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) {
+      throw new UsageError(`--metrics-port: "${metricsPortText}" is not a port number or "off"`);
+    }
+  }
   const pollSeconds = str('poll-interval') !== undefined ? positiveSeconds(str('poll-interval')!, '--poll-interval') : (file.pollIntervalSeconds ?? 10);
   return {
     configFile,
@@ -147,6 +166,10 @@ export async function resolveSettings(
     logLevel: level as LogLevel,
     simulate,
     cdiSpecDir: (values.cdi ?? file.cdi?.enabled ?? false) ? (str('cdi-spec-dir') ?? file.cdi?.specDir ?? '/var/run/cdi') : null,
+    nodeName: str('node-name') ?? (process.env.NODE_NAME || null),
+    kubeconfig: str('kubeconfig') ?? null,
+    metricsPort,
+    metricsBind: str('metrics-bind') ?? '0.0.0.0',
     resources: file.resources,
   };
 }

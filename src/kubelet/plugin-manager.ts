@@ -37,6 +37,16 @@ export interface PluginManagerOptions {
   cdi?: CdiSpecWriter;
   /** Told on every successful registration, for metrics. */
   onRegistered?: (resource: string, reason: string) => void;
+  /** Told once per new kubelet (a new kubelet.sock replaced the one we knew). */
+  onKubeletRestart?: () => void;
+  /** Told after each successful Allocate with the groups of each container. */
+  onAllocate?: (resource: string, containers: IommuGroup[][]) => void;
+}
+
+/** What the manager advertises now, per resource, for node reporting and metrics. */
+export interface AdvertisedSnapshot {
+  resources: { name: string; devices: { id: string; healthy: boolean; reason?: string }[] }[];
+  conflicts: SelectionConflict[];
 }
 
 /** A socket name unique per resource, short enough for the 108-byte socket path limit. */
@@ -75,6 +85,7 @@ class ResourceEndpoint {
     preStart: PreStartHook | undefined,
     private readonly logger: Logger,
     cdi: boolean,
+    onAllocate: ((containers: IommuGroup[][]) => void) | undefined,
   ) {
     this.retryDelay = opts.retryMinMs;
     const socketName = socketNameFor(opts.pluginDir, resource.name);
@@ -84,6 +95,7 @@ class ResourceEndpoint {
       preStartRequired: resource.preparation.mode !== 'none',
       cdi,
       ...(preStart ? { preStart } : {}),
+      ...(onAllocate ? { onAllocate } : {}),
       onStreamEnded: (tag) => this.streamEnded(tag),
       logger,
     });
@@ -203,6 +215,8 @@ export class PluginManager {
   private checkTimer: NodeJS.Timeout | null = null;
   private conflictsText = '';
   private stopped = false;
+  private kubeletIdentity: string | null = null;
+  private advertised = new Map<string, AdvertisedDevice[]>();
   /** Last selection conflicts, for reporting. */
   conflicts: SelectionConflict[] = [];
 
@@ -220,7 +234,16 @@ export class PluginManager {
       const preparer = options.preparer;
       const hook: PreStartHook | undefined =
         preparer && resource.preparation.mode !== 'none' ? (groups) => preparer(resource, groups) : undefined;
-      return new ResourceEndpoint(resource, this, opts, hook, this.logger.child({ resource: resource.name }), options.cdi !== undefined);
+      const onAllocate = options.onAllocate;
+      return new ResourceEndpoint(
+        resource,
+        this,
+        opts,
+        hook,
+        this.logger.child({ resource: resource.name }),
+        options.cdi !== undefined,
+        onAllocate ? (containers) => onAllocate(resource.name, containers) : undefined,
+      );
     });
   }
 
@@ -243,6 +266,7 @@ export class PluginManager {
         return { group, healthy: health.healthy, ...(health.reason ? { reason: health.reason } : {}) };
       });
       endpoint.server.setDevices(devices);
+      this.advertised.set(endpoint.resource.name, devices);
     }
     if (this.options.cdi) {
       const byResource = new Map([...selection.byResource].map(([r, groups]) => [r, groups.map((g) => g.id)]));
@@ -263,8 +287,36 @@ export class PluginManager {
     }
   }
 
+  /** The devices each resource advertises now, and the selection conflicts. */
+  snapshot(): AdvertisedSnapshot {
+    return {
+      resources: this.options.resources.map((r) => ({
+        name: r.name,
+        devices: (this.advertised.get(r.name) ?? []).map((d) => ({
+          id: String(d.group.id),
+          healthy: d.healthy,
+          ...(d.reason ? { reason: d.reason } : {}),
+        })),
+      })),
+      conflicts: this.conflicts,
+    };
+  }
+
+  /** Notices a new kubelet once, whichever resource sees it first. */
+  private async checkKubelet(): Promise<void> {
+    const identity = await fileIdentity(join(this.options.pluginDir, KUBELET_SOCKET_NAME));
+    if (identity === null || identity === this.kubeletIdentity) return;
+    const restarted = this.kubeletIdentity !== null;
+    this.kubeletIdentity = identity;
+    if (restarted) {
+      this.logger.info('A new kubelet socket appeared (kubelet restart)');
+      this.options.onKubeletRestart?.();
+    }
+  }
+
   /** Serves every resource, then registers; returns once each had a first attempt. */
   async start(): Promise<void> {
+    this.kubeletIdentity = await fileIdentity(join(this.options.pluginDir, KUBELET_SOCKET_NAME));
     this.startWatching();
     const interval = this.options.checkIntervalMs ?? 1000;
     this.pollTimer = setInterval(() => this.scheduleCheck(), interval);
@@ -291,6 +343,7 @@ export class PluginManager {
     this.checkTimer = setTimeout(() => {
       this.checkTimer = null;
       if (!this.watcher) this.startWatching();
+      this.checkKubelet().catch(() => undefined);
       for (const e of this.endpoints) {
         e.check().catch((err: unknown) => this.logger.error({ err: (err as Error).message }, 'Socket check failed'));
       }

@@ -67,11 +67,35 @@ describe('command line', () => {
     try {
       const resources = simulatedNodeConfig().resources.map((r) => r.name);
       const registered = Promise.all(resources.map((r) => kubelet.waitForRegistration(r, 15_000)));
-      const r = run(['--simulate'], { PVDP_DEVICE_PLUGIN_DIR: dir, PVDP_LOG_LEVEL: 'info' });
+      const r = run(['--simulate'], {
+        PVDP_DEVICE_PLUGIN_DIR: dir,
+        PVDP_LOG_LEVEL: 'info',
+        PVDP_METRICS_PORT: '0',
+        PVDP_METRICS_BIND: '127.0.0.1',
+      });
       children.push(r.child);
       await registered;
       const gpus = await kubelet.waitForDevices('ibm.com/gpu', (d) => d.length === 2);
       expect(gpus.every((d) => d.health === 'Healthy')).toBe(true);
+      // Probes and metrics on the one HTTP port.
+      const serving = r
+        .stdout()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { msg: string; port?: number })
+        .find((l) => l.msg === 'Serving /metrics, /healthz and /readyz');
+      expect(serving?.port).toBeGreaterThan(0);
+      const base = `http://127.0.0.1:${serving!.port}`;
+      expect((await fetch(`${base}/healthz`)).status).toBe(200);
+      let ready = await fetch(`${base}/readyz`);
+      for (let i = 0; i < 50 && ready.status !== 200; i++) {
+        await new Promise((res) => setTimeout(res, 100));
+        ready = await fetch(`${base}/readyz`);
+      }
+      expect(ready.status).toBe(200);
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      expect(metrics).toMatch(/power_vfio_devices\{resource="ibm.com\/gpu",health="Healthy"\} 2/);
+      expect(metrics).toMatch(/power_vfio_registrations_total\{resource="ibm.com\/gpu",reason="start"\} 1/);
       const ended = new Promise<void>((resolve) => kubelet.once('streamEnded', () => resolve()));
       r.child.kill('SIGTERM');
       const { code } = await r.exit;

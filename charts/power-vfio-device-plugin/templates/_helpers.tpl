@@ -1,0 +1,97 @@
+{{/* Names, labels and the image reference shared by every template. */}}
+
+{{- define "pvdp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name: fits the 63-character limit of names and label values. */}}
+{{- define "pvdp.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pvdp.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels: never change them, a DaemonSet's selector is immutable. */}}
+{{- define "pvdp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pvdp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pvdp.labels" -}}
+helm.sh/chart: {{ include "pvdp.chart" . }}
+{{ include "pvdp.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: device-plugin
+app.kubernetes.io/part-of: power-vfio-device-plugin
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "pvdp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pvdp.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pvdp.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the ConfigMap's file is mounted in the container. */}}
+{{- define "pvdp.configDir" -}}/etc/power-vfio-device-plugin{{- end -}}
+
+{{/* The plugin's configuration file: config.resources and cdi, as the plugin's schema names them. */}}
+{{- define "pvdp.configFile" -}}
+{{- $config := dict "resources" .Values.config.resources "cdi" (dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir) -}}
+# Rendered by the power-vfio-device-plugin chart from its values (config.resources, cdi).
+{{ toYaml $config }}
+{{- end -}}
+
+{{/*
+Checks the schema cannot express, with the messages the plugin itself would
+give: resource names the kubelet accepts, and no name twice.
+*/}}
+{{- define "pvdp.validateResources" -}}
+{{- $seen := dict -}}
+{{- range $i, $r := .Values.config.resources -}}
+{{- $where := printf "config.resources[%d].name %q" $i $r.name -}}
+{{- $parts := splitList "/" $r.name -}}
+{{- if ne (len $parts) 2 -}}
+{{- fail (printf "%s: must be fully qualified as <domain>/<name>, for example ibm.com/nvme" $where) -}}
+{{- end -}}
+{{- $domain := index $parts 0 -}}
+{{- $local := index $parts 1 -}}
+{{- if or (gt (len $domain) 253) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" $domain)) -}}
+{{- fail (printf "%s: domain %q is not a valid DNS subdomain (lower-case letters, digits, \"-\" and \".\")" $where $domain) -}}
+{{- end -}}
+{{- if or (eq $domain "kubernetes.io") (hasSuffix ".kubernetes.io" $domain) -}}
+{{- fail (printf "%s: the kubernetes.io domain is reserved; the kubelet refuses extended resources in it" $where) -}}
+{{- end -}}
+{{- if hasPrefix "requests." $r.name -}}
+{{- fail (printf "%s: the \"requests.\" prefix is reserved" $where) -}}
+{{- end -}}
+{{- if or (gt (len $local) 63) (not (regexMatch "^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$" $local)) -}}
+{{- fail (printf "%s: name %q must be 1-63 characters of letters, digits, \"-\", \"_\" or \".\", starting and ending with a letter or digit" $where $local) -}}
+{{- end -}}
+{{- if hasKey $seen $r.name -}}
+{{- fail (printf "%s: duplicates config.resources[%d].name" $where (get $seen $r.name)) -}}
+{{- end -}}
+{{- $_ := set $seen $r.name $i -}}
+{{- end -}}
+{{- end -}}

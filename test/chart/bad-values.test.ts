@@ -1,0 +1,90 @@
+// Bad values are refused by `helm template` and `helm install` with a message
+// that names the field, and the configuration mistakes among them are ones the
+// plugin's own parser refuses too: chart and plugin agree on what is valid.
+// Each file in test/chart/values/bad/ states what helm must say (`# expect:`,
+// a regular expression) and, for configuration mistakes, what the plugin says
+// (`# plugin-refuses:`).
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { parseConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/errors.js';
+import { NAMESPACE, RELEASE, badValuesDir, chartDir, helmSetup, runHelm } from './chart-helpers.js';
+
+const setup = helmSetup();
+
+interface BadCase {
+  file: string;
+  path: string;
+  expect: RegExp;
+  pluginRefuses: RegExp | null;
+  values: Record<string, any>;
+}
+
+function header(text: string, key: string): string | null {
+  const line = text.split('\n').find((l) => l.startsWith(`# ${key}: `));
+  return line ? line.slice(`# ${key}: `.length).trim() : null;
+}
+
+const cases: BadCase[] = readdirSync(badValuesDir)
+  .filter((f) => f.endsWith('.yaml'))
+  .sort()
+  .map((file) => {
+    const path = join(badValuesDir, file);
+    const text = readFileSync(path, 'utf8');
+    const expected = header(text, 'expect');
+    if (!expected) throw new Error(`${file} has no "# expect:" line`);
+    const refuses = header(text, 'plugin-refuses');
+    return { file, path, expect: new RegExp(expected), pluginRefuses: refuses ? new RegExp(refuses) : null, values: parse(text) };
+  });
+
+describe('bad values files', () => {
+  it('cover names, modes, ids, classes, addresses, unknown fields, duplicates and chart settings', () => {
+    expect(cases.length).toBeGreaterThanOrEqual(15);
+    expect(cases.filter((c) => c.pluginRefuses).length).toBeGreaterThanOrEqual(10);
+  });
+
+  describe.each(cases.filter((c) => c.pluginRefuses))('$file (configuration)', (c) => {
+    it("is refused by the plugin's own configuration parser too", () => {
+      let error: unknown;
+      try {
+        parseConfig({ resources: c.values.config.resources }, 'values');
+      } catch (err) {
+        error = err;
+      }
+      expect(error, 'the plugin accepted what the chart refuses').toBeInstanceOf(ConfigError);
+      expect((error as Error).message).toMatch(c.pluginRefuses!);
+    });
+  });
+});
+
+describe.skipIf(!setup.helm)('helm refuses bad values', () => {
+  describe.each(cases)('$file', (c) => {
+    it('fails helm template with a message naming the field', () => {
+      const run = runHelm(['template', RELEASE, chartDir, '--namespace', NAMESPACE, '-f', c.path]);
+      expect(run.status, run.stdout).not.toBe(0);
+      expect(run.stderr).toMatch(c.expect);
+    });
+  });
+
+  it('fails helm install (client dry run) the same way', () => {
+    const c = cases.find((x) => x.file === 'mode-unknown.yaml')!;
+    const run = runHelm(['install', RELEASE, chartDir, '--namespace', NAMESPACE, '--dry-run=client', '-f', c.path]);
+    expect(run.status).not.toBe(0);
+    expect(run.stderr).toMatch(c.expect);
+  });
+
+  it('fails helm lint --strict', () => {
+    const c = cases.find((x) => x.file === 'vendor-three-digits.yaml')!;
+    const run = runHelm(['lint', '--strict', chartDir, '-f', c.path]);
+    expect(run.status).not.toBe(0);
+    expect(run.stdout + run.stderr).toMatch(c.expect);
+  });
+});
+
+if (!setup.helm) {
+  describe('helm refuses bad values', () => {
+    it.skip(`skipped: ${setup.skipReason}`, () => {});
+  });
+}

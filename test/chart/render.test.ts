@@ -1,0 +1,330 @@
+// The chart renders, lints and validates for its default values and for every
+// realistic values file in charts/power-vfio-device-plugin/ci/, and the
+// configuration file it renders is one the plugin's own parser accepts.
+import { basename } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { parseConfig, parseConfigText } from '../../src/config/load.js';
+import { FLAGS, envNameOf } from '../../src/config/settings.js';
+import {
+  NAMESPACE,
+  RELEASE,
+  chartDir,
+  ciValuesDir,
+  ciValuesFiles,
+  find,
+  helmSetup,
+  renderChart,
+  runHelm,
+  validateObject,
+  type KubeObject,
+} from './chart-helpers.js';
+
+const setup = helmSetup();
+
+interface Container {
+  name: string;
+  image: string;
+  args?: string[];
+  env: { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string } } }[];
+  ports: { name: string; containerPort: number }[];
+  livenessProbe?: { httpGet: { path: string; port: string | number } };
+  readinessProbe?: { httpGet: { path: string; port: string | number } };
+  securityContext: { privileged?: boolean; runAsUser?: number; readOnlyRootFilesystem?: boolean };
+  volumeMounts: { name: string; mountPath: string; readOnly?: boolean }[];
+}
+interface Volume {
+  name: string;
+  hostPath?: { path: string; type?: string };
+  configMap?: { name: string };
+  emptyDir?: object;
+}
+interface DaemonSetShape extends KubeObject {
+  spec: {
+    selector: { matchLabels: Record<string, string> };
+    updateStrategy: { type: string; rollingUpdate: { maxUnavailable: number | string; maxSurge: number | string } };
+    template: {
+      metadata: { labels: Record<string, string>; annotations: Record<string, string> };
+      spec: {
+        serviceAccountName: string;
+        priorityClassName: string;
+        nodeSelector?: Record<string, string>;
+        tolerations?: object[];
+        affinity?: object;
+        containers: Container[];
+        volumes: Volume[];
+      };
+    };
+  };
+}
+interface ConfigMapShape extends KubeObject {
+  data: Record<string, string>;
+}
+
+/** PVDP_* variables the chart sets for flags the plugin will read from its next releases. */
+const UPCOMING_ENV = new Set(['PVDP_METRICS_PORT', 'PVDP_HANDOFF_DIR']);
+const KNOWN_ENV = new Set(Object.keys(FLAGS).filter((f) => f !== 'help').map(envNameOf));
+
+/** Helm's merge of values: maps merge key by key, lists and scalars replace, null deletes. */
+function mergeValues(base: any, override: any): any {
+  if (override === null) return undefined;
+  if (typeof base !== 'object' || base === null || Array.isArray(base)) return override;
+  if (typeof override !== 'object' || Array.isArray(override)) return override;
+  const out: Record<string, any> = { ...base };
+  for (const [k, v] of Object.entries(override)) {
+    const merged = mergeValues(base[k], v);
+    if (merged === undefined) delete out[k];
+    else out[k] = merged;
+  }
+  return out;
+}
+
+function valuesOf(file: string | undefined): Record<string, any> {
+  const defaults = parse(readFileSync(`${chartDir}/values.yaml`, 'utf8'));
+  return file ? mergeValues(defaults, parse(readFileSync(file, 'utf8')) ?? {}) : defaults;
+}
+
+function container(ds: DaemonSetShape): Container {
+  return ds.spec.template.spec.containers[0]!;
+}
+function env(ds: DaemonSetShape, name: string): string | undefined {
+  return container(ds).env.find((e) => e.name === name)?.value;
+}
+function mount(ds: DaemonSetShape, path: string) {
+  const m = container(ds).volumeMounts.find((v) => v.mountPath === path);
+  if (!m) throw new Error(`No volume mounted at ${path}`);
+  const volume = ds.spec.template.spec.volumes.find((v) => v.name === m.name);
+  if (!volume) throw new Error(`Mount ${m.name} has no volume`);
+  return { mount: m, volume };
+}
+
+/** The rendered config file through the plugin's own parser, and its raw cdi section. */
+function parseRenderedConfig(text: string) {
+  const raw = parse(text) as Record<string, unknown>;
+  return { config: parseConfigText(text, 'rendered config'), cdi: raw.cdi };
+}
+
+const cases: [string, string | undefined][] = [
+  ['default values', undefined],
+  ...ciValuesFiles().map((f): [string, string] => [`ci/${basename(f)}`, f]),
+];
+
+describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
+  it('has realistic values files to test (GPUs, NVMe, ConnectX VFs, FPGAs, several resources, monitoring)', () => {
+    const names = ciValuesFiles().map((f) => basename(f));
+    for (const expected of ['gpus', 'nvme', 'connectx', 'fpgas', 'several-resources-monitoring', 'simulate']) {
+      expect(names.some((n) => n.startsWith(expected)), `ci/${expected}*.yaml`).toBe(true);
+    }
+  });
+
+  describe.each(cases)('%s', (_label, file) => {
+    const files = file ? [file] : [];
+    const values = valuesOf(file);
+
+    it('passes helm lint --strict', () => {
+      const run = runHelm(['lint', '--strict', chartDir, '--namespace', NAMESPACE, ...files.flatMap((f) => ['-f', f])]);
+      expect(run.status, run.stdout + run.stderr).toBe(0);
+      expect(run.stdout).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+    });
+
+    it('renders only objects that validate against their Kubernetes schemas', () => {
+      const objects = renderChart(files);
+      expect(objects.length).toBeGreaterThanOrEqual(2);
+      for (const obj of objects) {
+        expect(() => validateObject(obj), `${obj.kind}/${obj.metadata.name}`).not.toThrow();
+        if (obj.kind !== 'ClusterRole' && obj.kind !== 'ClusterRoleBinding') {
+          const expectedNs = obj.kind === 'ServiceMonitor' ? values.metrics?.serviceMonitor?.namespace || NAMESPACE : NAMESPACE;
+          expect(obj.metadata.namespace, `${obj.kind} namespace`).toBe(expectedNs);
+        }
+      }
+    });
+
+    it("renders a config file the plugin's parser accepts, with exactly the resources of the values", () => {
+      const objects = renderChart(files);
+      const cm = find<ConfigMapShape>(objects, 'ConfigMap');
+      expect(Object.keys(cm.data)).toEqual(['config.yaml']);
+      const { config, cdi } = parseRenderedConfig(cm.data['config.yaml']!);
+      // Both sides through the project's parser: the chart dropped, added and re-typed nothing.
+      const cdiValues = { enabled: values.cdi.enabled, specDir: values.cdi.specDir };
+      expect(cdi).toEqual(cdiValues);
+      expect(config).toEqual(parseConfig({ resources: values.config.resources, cdi: cdiValues }, 'values'));
+      // The DaemonSet reads the file where the ConfigMap is mounted.
+      const ds = find<DaemonSetShape>(objects, 'DaemonSet');
+      const { mount: m, volume } = mount(ds, '/etc/power-vfio-device-plugin');
+      expect(volume.configMap?.name).toBe(cm.metadata.name);
+      expect(m.readOnly).toBe(true);
+      expect(env(ds, 'PVDP_CONFIG')).toBe('/etc/power-vfio-device-plugin/config.yaml');
+    });
+
+    it('sets only PVDP_* variables that are flags of the plugin (or announced upcoming ones)', () => {
+      const ds = find<DaemonSetShape>(renderChart(files), 'DaemonSet');
+      const names = container(ds).env.map((e) => e.name).filter((n) => n.startsWith('PVDP_'));
+      expect(names.length).toBeGreaterThan(5);
+      for (const name of names) expect(KNOWN_ENV.has(name) || UPCOMING_ENV.has(name), name).toBe(true);
+      expect(env(ds, 'PVDP_LOG_LEVEL')).toBe(values.logLevel);
+      expect(Number(env(ds, 'PVDP_POLL_INTERVAL'))).toBe(values.pollIntervalSeconds);
+      expect(Number(env(ds, 'PVDP_METRICS_PORT'))).toBe(values.metrics.port);
+      expect(env(ds, 'PVDP_SIMULATE')).toBe(values.simulate ? 'true' : undefined);
+    });
+
+    it('serves metrics, /healthz and /readyz on one named port that the Service targets', () => {
+      const objects = renderChart(files);
+      const ds = find<DaemonSetShape>(objects, 'DaemonSet');
+      const c = container(ds);
+      expect(c.ports).toEqual([{ name: 'metrics', containerPort: values.metrics.port, protocol: 'TCP' }]);
+      if (values.probes?.enabled !== false) {
+        expect(c.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+        expect(c.readinessProbe?.httpGet).toEqual({ path: '/readyz', port: 'metrics' });
+      } else {
+        expect(c.livenessProbe).toBeUndefined();
+      }
+      const services = objects.filter((o) => o.kind === 'Service') as (KubeObject & { spec: any })[];
+      if (values.metrics.service?.enabled === false) {
+        expect(services).toHaveLength(0);
+        return;
+      }
+      expect(services).toHaveLength(1);
+      const svc = services[0]!;
+      expect(svc.spec.ports).toEqual([{ name: 'metrics', port: values.metrics.port, targetPort: 'metrics', protocol: 'TCP' }]);
+      // The Service selects exactly the plugin's pods.
+      for (const [k, v] of Object.entries(svc.spec.selector as Record<string, string>)) {
+        expect(ds.spec.template.metadata.labels[k]).toBe(v);
+      }
+    });
+  });
+
+  describe('default values', () => {
+    const objects = () => renderChart();
+    const ds = () => find<DaemonSetShape>(objects(), 'DaemonSet');
+
+    it('runs on ppc64le nodes, node-critical, with rolling updates one node at a time and no surge', () => {
+      const d = ds();
+      expect(d.spec.template.spec.nodeSelector).toEqual({ 'kubernetes.io/arch': 'ppc64le' });
+      expect(d.spec.template.spec.priorityClassName).toBe('system-node-critical');
+      expect(d.spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } });
+      expect(d.spec.template.spec.tolerations).toEqual(
+        expect.arrayContaining([expect.objectContaining({ operator: 'Exists', effect: 'NoSchedule' })]),
+      );
+      const selector = d.spec.selector.matchLabels;
+      for (const [k, v] of Object.entries(selector)) expect(d.spec.template.metadata.labels[k]).toBe(v);
+    });
+
+    it('mounts the host paths the plugin needs, /sys read-only, the kubelet sockets read-write', () => {
+      const d = ds();
+      const plugins = mount(d, '/var/lib/kubelet/device-plugins');
+      expect(plugins.volume.hostPath).toEqual({ path: '/var/lib/kubelet/device-plugins', type: 'Directory' });
+      expect(plugins.mount.readOnly).toBeFalsy();
+      const podResources = mount(d, '/var/lib/kubelet/pod-resources');
+      expect(podResources.volume.hostPath).toEqual({ path: '/var/lib/kubelet/pod-resources', type: 'Directory' });
+      expect(podResources.mount.readOnly).toBeFalsy();
+      expect(env(d, 'PVDP_POD_RESOURCES_SOCKET')).toBe('/var/lib/kubelet/pod-resources/kubelet.sock');
+      expect(env(d, 'PVDP_DEVICE_PLUGIN_DIR')).toBe('/var/lib/kubelet/device-plugins');
+      const vfio = mount(d, '/dev/vfio');
+      expect(vfio.volume.hostPath?.path).toBe('/dev/vfio');
+      expect(env(d, 'PVDP_DEV_ROOT')).toBe('/');
+      const sys = mount(d, '/host/sys');
+      expect(sys.volume.hostPath).toEqual({ path: '/sys', type: 'Directory' });
+      expect(sys.mount.readOnly).toBe(true);
+      expect(env(d, 'PVDP_SYSFS_ROOT')).toBe('/host');
+      const handoff = mount(d, '/var/run/power-vfio-device-plugin');
+      expect(handoff.volume.hostPath?.path).toBe('/var/run/power-vfio-device-plugin');
+      expect(env(d, 'PVDP_HANDOFF_DIR')).toBe('/var/run/power-vfio-device-plugin');
+      expect(container(d).volumeMounts.some((m) => m.name === 'cdi')).toBe(false);
+    });
+
+    it('runs privileged as root with a read-only root filesystem, and knows its node', () => {
+      const d = ds();
+      expect(container(d).securityContext).toMatchObject({ privileged: true, runAsUser: 0, readOnlyRootFilesystem: true });
+      expect(container(d).env.find((e) => e.name === 'NODE_NAME')?.valueFrom).toEqual({ fieldRef: { fieldPath: 'spec.nodeName' } });
+      expect(container(d).args).toEqual(['run']);
+      expect(container(d).image).toMatch(/^[^:@]+:0\.1\.0$/);
+    });
+
+    it('grants node reporting exactly get/patch on nodes and nodes/status and create/patch on events', () => {
+      const objs = objects();
+      const role = find<KubeObject & { rules: object[] }>(objs, 'ClusterRole');
+      expect(role.rules).toEqual([
+        { apiGroups: [''], resources: ['nodes', 'nodes/status'], verbs: ['get', 'patch'] },
+        { apiGroups: [''], resources: ['events'], verbs: ['create', 'patch'] },
+      ]);
+      const binding = find<KubeObject & { roleRef: any; subjects: any[] }>(objs, 'ClusterRoleBinding');
+      const sa = find(objs, 'ServiceAccount');
+      expect(binding.roleRef).toEqual({ apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata.name });
+      expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: sa.metadata.name, namespace: NAMESPACE }]);
+      expect(find<DaemonSetShape>(objs, 'DaemonSet').spec.template.spec.serviceAccountName).toBe(sa.metadata.name);
+    });
+
+    it('renders no ServiceMonitor unless asked', () => {
+      expect(objects().some((o) => o.kind === 'ServiceMonitor')).toBe(false);
+    });
+
+    it('rolls the pods when the configuration changes (config checksum on the pod template)', () => {
+      const before = ds().spec.template.metadata.annotations['checksum/config'];
+      const after = find<DaemonSetShape>(renderChart([], ['--set', 'config.resources[0].preparation.mode=none', '--set', 'config.resources[0].name=ibm.com/vfio-pci', '--set', 'config.resources[0].selectors.drivers[0]=vfio-pci']), 'DaemonSet')
+        .spec.template.metadata.annotations['checksum/config'];
+      expect(before).toMatch(/^[0-9a-f]{64}$/);
+      expect(after).toMatch(/^[0-9a-f]{64}$/);
+      expect(after).not.toBe(before);
+    });
+
+    it('prints NOTES that tell the operator how to check the DaemonSet, the allocatable resources and the logs', () => {
+      const run = runHelm(['install', RELEASE, chartDir, '--namespace', NAMESPACE, '--dry-run=client', '-f', `${ciValuesDir}/nvme-values.yaml`]);
+      expect(run.status, run.stderr).toBe(0);
+      const notes = run.stdout.slice(run.stdout.indexOf('NOTES:'));
+      expect(notes).toContain(`kubectl -n ${NAMESPACE} get daemonset ${RELEASE}-power-vfio-device-plugin`);
+      expect(notes).toContain(String.raw`.status.allocatable.example\.com/nvme-fast`);
+      expect(notes).toContain(String.raw`.status.allocatable.example\.com/nvme'`);
+      expect(notes).toContain(`kubectl -n ${NAMESPACE} logs -l app.kubernetes.io/instance=${RELEASE}`);
+      expect(notes).toContain('PCI_RESOURCE_EXAMPLE_COM_NVME_FAST');
+    });
+  });
+
+  describe('realistic values', () => {
+    it('GPU nodes: the custom nodeSelector and tolerations are used as given', () => {
+      const d = find<DaemonSetShape>(renderChart([`${ciValuesDir}/gpus-values.yaml`]), 'DaemonSet');
+      const values = valuesOf(`${ciValuesDir}/gpus-values.yaml`);
+      expect(d.spec.template.spec.nodeSelector).toEqual(values.nodeSelector);
+      expect(d.spec.template.spec.tolerations).toEqual(values.tolerations);
+    });
+
+    it('several resources with monitoring: a ServiceMonitor that selects the metrics Service, CDI mounted', () => {
+      const file = `${ciValuesDir}/several-resources-monitoring-values.yaml`;
+      const objects = renderChart([file]);
+      const sm = find<KubeObject & { spec: any }>(objects, 'ServiceMonitor');
+      const svc = find(objects, 'Service');
+      expect(sm.metadata.namespace).toBe('monitoring');
+      expect(sm.metadata.labels?.release).toBe('prometheus');
+      expect(sm.spec.namespaceSelector).toEqual({ matchNames: [NAMESPACE] });
+      for (const [k, v] of Object.entries(sm.spec.selector.matchLabels as Record<string, string>)) expect(svc.metadata.labels?.[k]).toBe(v);
+      expect(sm.spec.endpoints[0]).toMatchObject({ port: 'metrics', path: '/metrics', interval: '15s', scrapeTimeout: '5s' });
+      const d = find<DaemonSetShape>(objects, 'DaemonSet');
+      expect(mount(d, '/etc/cdi').volume.hostPath?.path).toBe('/etc/cdi');
+      expect(d.spec.template.spec.affinity).toBeDefined();
+      expect(d.spec.updateStrategy.rollingUpdate.maxUnavailable).toBe('25%');
+      expect(container(d).env.find((e) => e.name === 'UV_THREADPOOL_SIZE')?.value).toBe('8');
+    });
+
+    it('simulate: no nodeSelector, the simulate flag set, no RBAC, the default ServiceAccount', () => {
+      const objects = renderChart([`${ciValuesDir}/simulate-values.yaml`]);
+      const d = find<DaemonSetShape>(objects, 'DaemonSet');
+      expect(d.spec.template.spec.nodeSelector).toBeUndefined();
+      expect(env(d, 'PVDP_SIMULATE')).toBe('true');
+      expect(objects.map((o) => o.kind).sort()).toEqual(['ConfigMap', 'DaemonSet']);
+      expect(d.spec.template.spec.serviceAccountName).toBe('default');
+    });
+
+    it('a digest pins the image', () => {
+      const d = find<DaemonSetShape>(renderChart([`${ciValuesDir}/fpgas-values.yaml`]), 'DaemonSet');
+      expect(container(d).image).toBe(
+        'registry.example.com/mirror/power-vfio-device-plugin@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef',
+      );
+    });
+  });
+});
+
+if (!setup.helm) {
+  describe('chart', () => {
+    it.skip(`skipped: ${setup.skipReason}`, () => {});
+  });
+}
