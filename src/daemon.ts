@@ -12,6 +12,7 @@ import type { NodeReporter } from './report/node-reporter.js';
 import type { NodeSnapshot } from './report/snapshot.js';
 import type { ResourceConfig } from './config/schema.js';
 import type { IommuGroup } from './topology/types.js';
+import { HealthTracker } from './health/health-tracker.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -23,6 +24,8 @@ export interface DaemonDeps {
   metrics?: PluginMetrics;
   /** Node condition, Events and labels through the Kubernetes API. */
   reporter?: NodeReporter;
+  /** Health rules with memory (AER); a default one is made when absent. */
+  health?: HealthTracker;
 }
 
 export class Daemon {
@@ -33,6 +36,8 @@ export class Daemon {
   private readonly metrics: PluginMetrics | undefined;
   private readonly reporter: NodeReporter | undefined;
   private issuesText = '';
+  private readonly health: HealthTracker;
+  private recoveryTimer: NodeJS.Timeout | null = null;
   /** The first discovery finished (readiness). */
   discovered = false;
 
@@ -45,12 +50,15 @@ export class Daemon {
     );
     this.metrics = deps.metrics;
     this.reporter = deps.reporter;
+    const health = deps.health ?? new HealthTracker();
+    this.health = health;
     const metrics = deps.metrics;
     const preparer = deps.preparer && metrics ? this.measured(deps.preparer, metrics) : deps.preparer;
     this.manager = new PluginManager({
       pluginDir: settings.devicePluginDir,
       resources: settings.resources,
       logger: deps.logger,
+      health: (group) => health.evaluate(group),
       ...(preparer ? { preparer } : {}),
       ...(metrics
         ? {
@@ -94,6 +102,22 @@ export class Daemon {
     };
   }
 
+  /** Applies a topology to the kubelet servers and reports; wakes up when a quiet period ends. */
+  private apply(topology: Topology): void {
+    this.health.retain(topology.groups.keys());
+    this.manager.applyTopology(topology);
+    this.publish();
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.recoveryTimer = null;
+    const wait = this.health.nextRecoveryInMs();
+    if (wait !== null) {
+      this.recoveryTimer = setTimeout(() => {
+        this.recoveryTimer = null;
+        this.apply(this.watcher.current());
+      }, wait + 10);
+    }
+  }
+
   private publish(): void {
     if (!this.metrics && !this.reporter) return;
     const snapshot = this.snapshot();
@@ -110,9 +134,8 @@ export class Daemon {
     this.watcher.on('change', (change: TopologyChange) => this.onChange(change));
     const topology = await this.watcher.start();
     this.logTopology(topology);
-    this.manager.applyTopology(topology);
     this.discovered = true;
-    this.publish();
+    this.apply(topology);
     await this.manager.start();
     return topology;
   }
@@ -128,8 +151,7 @@ export class Daemon {
       'IOMMU groups changed',
     );
     this.logTopology(change.topology);
-    this.manager.applyTopology(change.topology);
-    this.publish();
+    this.apply(change.topology);
   }
 
   private logTopology(topology: Topology): void {
@@ -142,6 +164,8 @@ export class Daemon {
   }
 
   async stop(): Promise<void> {
+    if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
+    this.recoveryTimer = null;
     await this.watcher.stop();
     await this.manager.stop();
     await this.reporter?.stop();

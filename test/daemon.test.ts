@@ -9,7 +9,8 @@ import { Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/log.js';
 import { SimulatedKubelet } from '../src/simulate/kubelet.js';
 import { simulatedNodeConfig } from '../src/simulate/node-config.js';
-import { writeSysfsTree, addGroup, removeGroup, bindDriver, setEehState, type NodeSpec } from '../src/simulate/sysfs-tree.js';
+import { writeSysfsTree, addGroup, removeGroup, bindDriver, setEehState, setAerFatal, type NodeSpec } from '../src/simulate/sysfs-tree.js';
+import { HealthTracker } from '../src/health/health-tracker.js';
 import { builtinPowerNode, FROZEN_EEH_STATE, HEALTHY_EEH_STATE } from '../src/simulate/power-node.js';
 import type { Settings } from '../src/config/settings.js';
 import type { DiscoveryRoots } from '../src/topology/types.js';
@@ -27,6 +28,7 @@ let roots: DiscoveryRoots;
 let logLines: { level: string; msg: string; [k: string]: unknown }[];
 
 let reporting: { api: FakeApiServer; reporter: NodeReporter; metrics: PluginMetrics } | null = null;
+let health: HealthTracker | null = null;
 
 async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(), config = simulatedNodeConfig()): Promise<void> {
   roots = 'groups' in spec ? await writeSysfsTree(join(dir, 'node'), spec) : spec;
@@ -59,6 +61,7 @@ async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(),
     logger,
     socketCheckIntervalMs: 200,
     ...(reporting ? { reporter: reporting.reporter, metrics: reporting.metrics } : {}),
+    ...(health ? { health } : {}),
   });
   const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 5000)));
   await daemon.start();
@@ -75,6 +78,7 @@ afterEach(async () => {
   await daemon?.stop();
   await reporting?.api.close();
   reporting = null;
+  health = null;
   await kubelet?.stop();
   await rm(dir, { recursive: true, force: true });
 });
@@ -210,6 +214,21 @@ describe('node reporting from the whole plugin', () => {
     expect(await metrics.text()).toMatch(/power_vfio_devices\{[^}]*resource="ibm.com\/fpga"[^}]*health="Unhealthy"[^}]*\} 1/);
     await setEehState(roots, '0035:02:00.0', HEALTHY_EEH_STATE);
     await kubelet.waitForDevices('ibm.com/fpga', (d) => d[0]?.health === 'Healthy');
+    await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
+  });
+
+  it('a rise of the AER fatal count turns the group Unhealthy, reported, and Healthy after a quiet period', async () => {
+    const { api } = await withReporting();
+    health = new HealthTracker({ aerQuietMs: 1500 });
+    const spec = builtinPowerNode();
+    spec.groups.find((g) => g.id === 4)!.functions[0]!.aerFatal = 2;
+    await startDaemon(spec);
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.find((x) => x.ID === '4')?.health === 'Healthy');
+    await setAerFatal(roots, '0030:02:00.0', 3);
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.find((x) => x.ID === '4')?.health === 'Unhealthy');
+    await waitFor(() => condition(api)?.status === 'False', { timeoutMs: 5000 });
+    expect(condition(api)!.message).toMatch(/AER fatal errors on 0030:02:00\.0 rose from 2 to 3/);
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.find((x) => x.ID === '4')?.health === 'Healthy', 5000);
     await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
   });
 

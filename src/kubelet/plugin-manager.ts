@@ -10,7 +10,7 @@ import { silentLogger } from '../log.js';
 import type { ResourceConfig } from '../config/schema.js';
 import { selectGroups, type SelectionConflict } from '../config/selection.js';
 import type { IommuGroup, Topology } from '../topology/types.js';
-import { groupHealth } from '../health/group-health.js';
+import { groupHealth, type GroupHealth } from '../health/group-health.js';
 import type { AdvertisedDevice } from './allocation.js';
 import { DevicePluginServer, type PreStartHook } from './device-plugin-server.js';
 import { registerWithKubelet } from './registration.js';
@@ -39,6 +39,8 @@ export interface PluginManagerOptions {
   onRegistered?: (resource: string, reason: string) => void;
   /** Told once per new kubelet (a new kubelet.sock replaced the one we knew). */
   onKubeletRestart?: () => void;
+  /** A group's health; defaults to the stateless rules of group-health.ts. */
+  health?: (group: IommuGroup) => GroupHealth;
   /** Told after each successful Allocate with the groups of each container. */
   onAllocate?: (resource: string, containers: IommuGroup[][]) => void;
 }
@@ -262,7 +264,7 @@ export class PluginManager {
     for (const endpoint of this.endpoints) {
       const groups = selection.byResource.get(endpoint.resource.name) ?? [];
       const devices: AdvertisedDevice[] = groups.map((group) => {
-        const health = groupHealth(group);
+        const health = (this.options.health ?? groupHealth)(group);
         return { group, healthy: health.healthy, ...(health.reason ? { reason: health.reason } : {}) };
       });
       endpoint.server.setDevices(devices);

@@ -22,6 +22,8 @@ export interface FunctionSpec {
   driverOverride?: string | null;
   /** Default -1. */
   numaNode?: number;
+  /** Writes `aer_dev_fatal` with this TOTAL_ERR_FATAL; absent = no AER statistics. */
+  aerFatal?: number;
   /** Address of the SR-IOV physical function for a VF. */
   physfn?: string;
   /**
@@ -154,6 +156,7 @@ async function writeFunction(root: string, group: GroupSpec, fn: FunctionSpec): 
     writeFile(join(dir, 'subsystem_device'), hex(fn.subsystemDevice ?? '0000')),
     writeFile(join(dir, 'driver_override'), `${fn.driverOverride ?? '(null)'}\n`),
     writeFile(join(dir, 'numa_node'), `${fn.numaNode ?? -1}\n`),
+    ...(fn.aerFatal !== undefined ? [writeFile(join(dir, 'aer_dev_fatal'), aerFatalText(fn.aerFatal))] : []),
     // vfio-pci leaves idle devices disabled; host drivers enable them.
     writeFile(join(dir, 'enable'), fn.driver !== undefined && fn.driver !== null && !isVfioDriver(fn.driver) ? '1\n' : '0\n'),
     relLink(groupDirPath(root, group.id), join(dir, 'iommu_group')),
@@ -318,6 +321,18 @@ export async function bindDriver(roots: DiscoveryRoots, address: string, driver:
   await bindLinks(roots.sysfsRoot, dir, address, driver);
   await writeFile(join(dir, 'enable'), driver !== null && !isVfioDriver(driver) ? '1\n' : '0\n');
   await syncDevNode(roots, await groupOf(roots, address));
+}
+
+/** `aer_dev_fatal` as the kernel prints it: one line per error type, then the total. */
+function aerFatalText(total: number): string {
+  const kinds = ['Undefined', 'DLP', 'SDES', 'TLP', 'FCP', 'CmpltTO', 'CmpltAbrt', 'UnxCmplt', 'RxOF', 'MalfTLP', 'ECRC', 'UnsupReq', 'ACSViol'];
+  // Attribute the errors to one type (a completion timeout), as a real fault would.
+  return `${kinds.map((k) => `${k} ${k === 'CmpltTO' ? total : 0}`).join('\n')}\nTOTAL_ERR_FATAL ${total}\n`;
+}
+
+/** A PCIe fatal error was logged: the function's AER fatal count becomes `total`. */
+export async function setAerFatal(roots: DiscoveryRoots, address: string, total: number): Promise<void> {
+  await writeFile(join(await deviceDirOf(roots.sysfsRoot, address), 'aer_dev_fatal'), aerFatalText(total));
 }
 
 /** Set `eeh_pe_state` of the PE: every function of the function's group reads the same. */

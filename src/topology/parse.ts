@@ -136,3 +136,14 @@ export function linkBasename(target: string): string {
 export function isVfioDriver(driver: string): boolean {
   return driver.includes('vfio');
 }
+
+/**
+ * `aer_dev_fatal` holds one "NAME count" line per error type and a closing
+ * `TOTAL_ERR_FATAL n`. Returns that total, or null when it is not there.
+ */
+export function parseAerFatalTotal(text: string): number | null {
+  const match = /^TOTAL_ERR_FATAL\s+(\d+)\s*$/m.exec(text);
+  if (!match) return null;
+  const n = Number(match[1]);
+  return Number.isSafeInteger(n) ? n : null;
+}

@@ -20,6 +20,7 @@ import {
   parseHexNumber,
   pciDomain,
   type EehPeState,
+  parseAerFatalTotal,
 } from './parse.js';
 import { readAttr, readLinkAttr, type ReadResult } from './sysfs-read.js';
 import type { DiscoveryIssue, DiscoveryRoots, EehInfo, IommuGroup, PciFunction, Topology } from './types.js';
@@ -103,7 +104,7 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
   const issue = (attr: string, message: string): void => {
     issues.push({ path: join(base, attr), message, group });
   };
-  const [vendorR, deviceR, classR, subVendorR, subDeviceR, driverR, overrideR, numaR, physfnR] = await Promise.all([
+  const [vendorR, deviceR, classR, subVendorR, subDeviceR, driverR, overrideR, numaR, physfnR, aerR] = await Promise.all([
     readAttr(join(base, 'vendor')),
     readAttr(join(base, 'device')),
     readAttr(join(base, 'class')),
@@ -113,6 +114,7 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
     readAttr(join(base, 'driver_override')),
     readAttr(join(base, 'numa_node')),
     readLinkAttr(join(base, 'physfn')),
+    readAttr(join(base, 'aer_dev_fatal')),
   ]);
 
   // Identity attributes are required: without them no selector can match safely.
@@ -177,6 +179,7 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
       driverOverride: overrideR.ok ? parseDriverOverride(overrideR.text) : null,
       numaNode,
       physfn,
+      aerFatal: aerR.ok ? parseAerFatalTotal(aerR.text) : null,
     },
     issues,
   };
@@ -459,8 +462,13 @@ export async function groupFingerprint(roots: DiscoveryRoots, id: number, devNod
   names.sort();
   const parts = await Promise.all(
     names.map(async (n) => {
-      const r = await readLinkAttr(join(groupDir, 'devices', n, 'driver'));
-      return `${n}=${r.ok ? linkBasename(r.text) : r.code === 'ENOENT' ? '' : `?${r.code}`}`;
+      const [r, aer] = await Promise.all([
+        readLinkAttr(join(groupDir, 'devices', n, 'driver')),
+        readAttr(join(groupDir, 'devices', n, 'aer_dev_fatal')),
+      ]);
+      // A rise of the AER fatal count is a health change the poll must see.
+      const aerTotal = aer.ok ? (parseAerFatalTotal(aer.text) ?? '?') : '';
+      return `${n}=${r.ok ? linkBasename(r.text) : r.code === 'ENOENT' ? '' : `?${r.code}`}:${aerTotal}`;
     }),
   );
   const first = names[0];

@@ -34,6 +34,11 @@ export interface PciFunction {
   numaNode: number;
   /** Address of the SR-IOV physical function when this is a VF, else null. */
   physfn: string | null;
+  /**
+   * PCIe AER fatal error count (`TOTAL_ERR_FATAL` of `aer_dev_fatal`); null or
+   * absent where the kernel exposes no AER statistics for the function.
+   */
+  aerFatal?: number | null;
 }
 
 /** Decoded `eeh_pe_state` and friends; present only where the kernel exposes EEH. */
