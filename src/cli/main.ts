@@ -16,6 +16,7 @@ import { createMetrics } from '../report/metrics.js';
 import { NodeReporter, loadKubeConfig } from '../report/node-reporter.js';
 import { startProbeServer, type ProbeServer } from '../report/http-server.js';
 import { readFile } from 'node:fs/promises';
+import { readCpuCapabilities } from '../report/cpuinfo.js';
 
 async function packageVersion(): Promise<string> {
   try {
@@ -62,6 +63,8 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
   });
   const metrics = createMetrics({ version: await packageVersion() });
   const reporter = createReporter(settings, logger, metrics);
+  // The simulated node is a POWER9 bare-metal server whatever the host is.
+  reporter?.setCapabilities(settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await readCpuCapabilities());
   const daemon = new Daemon(settings, {
     logger,
     metrics,
