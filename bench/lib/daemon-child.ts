@@ -1,0 +1,86 @@
+// A daemon in a process of its own, driven over the IPC channel by the
+// benchmark process (which runs the kubelet stand-in), so that the daemon's
+// memory and CPU are measured alone and the two ends do not share one event
+// loop. Started by lib/child.ts; run with --expose-gc for GC'd samples.
+//
+//   argv[2]: JSON { sysfsRoot, devRoot, dir, pollIntervalMs }
+import type { Daemon } from '../../src/daemon.js';
+import { createDaemon, benchSettings } from './plugin.js';
+
+export interface ChildArgs {
+  sysfsRoot: string;
+  devRoot: string;
+  dir: string;
+  pollIntervalMs: number;
+}
+
+export type ChildRequest = { id: number; cmd: 'start' } | { id: number; cmd: 'sample'; gc: boolean } | { id: number; cmd: 'stop' };
+
+export interface ChildSample {
+  rss: number;
+  heapUsed: number;
+  heapTotal: number;
+  external: number;
+  arrayBuffers: number;
+  /** process.resourceUsage(), microseconds. */
+  userCpuUs: number;
+  systemCpuUs: number;
+  maxRssKiB: number;
+  registrations: number;
+}
+
+export type ChildReply = { id: number; ok: true; sample?: ChildSample } | { id: number; ok: false; error: string };
+
+const args = JSON.parse(process.argv[2] ?? '{}') as ChildArgs;
+let daemon: Daemon | null = null;
+
+function gc(): void {
+  const g = (globalThis as { gc?: () => void }).gc;
+  if (!g) throw new Error('run the child with --expose-gc');
+  g();
+  g();
+}
+
+function sample(): ChildSample {
+  const m = process.memoryUsage();
+  const r = process.resourceUsage();
+  return {
+    rss: m.rss,
+    heapUsed: m.heapUsed,
+    heapTotal: m.heapTotal,
+    external: m.external,
+    arrayBuffers: m.arrayBuffers,
+    userCpuUs: r.userCPUTime,
+    systemCpuUs: r.systemCPUTime,
+    maxRssKiB: r.maxRSS,
+    registrations: daemon?.manager.registrations('ibm.com/cx5') ?? 0,
+  };
+}
+
+async function handle(req: ChildRequest): Promise<ChildReply> {
+  switch (req.cmd) {
+    case 'start': {
+      const settings = await benchSettings({ sysfsRoot: args.sysfsRoot, devRoot: args.devRoot }, args.dir, args.pollIntervalMs);
+      daemon = await createDaemon(settings);
+      await daemon.start();
+      return { id: req.id, ok: true };
+    }
+    case 'sample':
+      if (req.gc) gc();
+      return { id: req.id, ok: true, sample: sample() };
+    case 'stop':
+      await daemon?.stop();
+      daemon = null;
+      return { id: req.id, ok: true };
+  }
+}
+
+process.on('message', (msg: ChildRequest) => {
+  handle(msg).then(
+    (reply) => process.send?.(reply),
+    (err: unknown) => process.send?.({ id: msg.id, ok: false, error: err instanceof Error ? (err.stack ?? err.message) : String(err) }),
+  );
+});
+// The parent going away ends us.
+process.on('disconnect', () => process.exit(0));
+process.send?.({ id: 0, ok: true });
