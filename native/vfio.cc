@@ -72,11 +72,34 @@ struct Result {
 using Work = std::function<void(Result&)>;
 using Done = std::function<Napi::Value(Napi::Env, Result&)>;
 
+// The errno's symbolic name from the C library (glibc >= 2.32: strerrorname_np), or nullptr.
+// libuv's table (what Node's util.getSystemErrorMap knows) lacks several Linux errnos the
+// kernel's VFIO code returns, EBADFD first of all: the names come from here instead.
+const char* ErrnoName(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  return strerrorname_np(err);
+#else
+  switch (err) {
+#ifdef EBADFD
+    case EBADFD: return "EBADFD";
+#endif
+#ifdef ENOTBLK
+    case ENOTBLK: return "ENOTBLK";
+#endif
+#ifdef EREMOTEIO
+    case EREMOTEIO: return "EREMOTEIO";
+#endif
+    default: return nullptr;
+  }
+#endif
+}
+
 Napi::Error MakeError(Napi::Env env, int err, const char* syscall, const std::string& ioctlName) {
   std::string msg = std::string(strerror(err)) + ", " + syscall;
   if (!ioctlName.empty()) msg += " " + ioctlName;
   Napi::Error e = Napi::Error::New(env, msg);
   e.Set("errno", Napi::Number::New(env, err));
+  if (const char* name = ErrnoName(err)) e.Set("code", Napi::String::New(env, name));
   e.Set("syscall", Napi::String::New(env, syscall));
   if (!ioctlName.empty()) e.Set("ioctl", Napi::String::New(env, ioctlName));
   return e;
@@ -732,6 +755,22 @@ Napi::Object Constants(Napi::Env env) {
   return c;
 }
 
+// [[errno, name, message], ...] for every errno the C library names (1..4095).
+Napi::Array ErrnoTable(Napi::Env env) {
+  Napi::Array a = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (int err = 1; err < 4096; err++) {
+    const char* name = ErrnoName(err);
+    if (name == nullptr) continue;
+    Napi::Array row = Napi::Array::New(env, 3);
+    row.Set(0u, Napi::Number::New(env, err));
+    row.Set(1u, Napi::String::New(env, name));
+    row.Set(2u, Napi::String::New(env, strerror(err)));
+    a.Set(n++, row);
+  }
+  return a;
+}
+
 Napi::Object IoctlNumbers(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
   for (const auto& d : kIoctls) o.Set(d.name, Napi::Number::New(env, static_cast<double>(d.request)));
@@ -742,6 +781,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<AddonData>(new AddonData());
   exports.Set("constants", Constants(env));
   exports.Set("ioctlNumbers", IoctlNumbers(env));
+  exports.Set("errnoTable", ErrnoTable(env));
   exports.Set("open", Napi::Function::New(env, Open, "open"));
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("ioctlValue", Napi::Function::New(env, IoctlValue, "ioctlValue"));

@@ -498,7 +498,12 @@ async function createWindow(
   size = nextPow2(size < 1n << BigInt(pageShift) ? 1n << BigInt(pageShift) : size);
   const maxLevels = Math.max(1, ddw.levels);
   let lastError: unknown;
-  for (let levels = 1; levels <= maxLevels; levels++) {
+  // Real kernels charge the table BEFORE the platform builds it and never return the charge when
+  // building fails (a TCE_CREATE refused with ENOMEM/EINVAL after get_table_size leaks it in the
+  // process's locked_vm until exit; seen on 6.12 powernv and pseries). So start at the level count
+  // the platform will accept instead of growing from 1 through refusals.
+  const firstLevels = Math.min(maxLevels, acceptedLevels(size, pageShift, binding.pageSize, maxLevels));
+  for (let levels = firstLevels; levels <= maxLevels; levels++) {
     try {
       const start = await binding.tceCreate(containerFd, { pageShift, windowSize: size, levels });
       ctx.teardown.push('remove window', () => binding.tceRemove(containerFd, { startAddr: start }));
@@ -506,6 +511,7 @@ async function createWindow(
     } catch (err) {
       lastError = err;
       if (!isVfioError(err, 'EINVAL', 'ENOMEM')) return ioctlFailure('create-window', group, err);
+      ctx.logger?.warn({ group, levels, code: err.code }, 'TCE_CREATE refused; the kernel may keep the refused table charged in VmLck until the plugin exits');
     }
   }
   if (isVfioError(lastError, 'ENOMEM')) {
@@ -519,6 +525,25 @@ async function createWindow(
   return fail('ERR_VFIO_WINDOW', 'create-window', group,
     `the kernel refused a ${formatBytes(size)} window of ${formatBytes(1n << BigInt(pageShift))} pages at every level 1..${maxLevels} (${describe(lastError)})`,
     'ask for a smaller window or back the memory with larger pages', lastError);
+}
+
+/**
+ * The fewest TCE table levels a multi-level platform (powernv) builds for a window: each level is
+ * one contiguous allocation of at most PAGE_SIZE << MAX_PAGE_ORDER bytes (order 10 on 4K-page
+ * kernels, 8 on 64K-page ones), and (level bits) * levels + page shift must stay below 55.
+ * Platforms with one level (pseries) get 1.
+ */
+export function acceptedLevels(windowSize: bigint, pageShift: number, kernelPageSize: number, maxLevels: number): number {
+  if (maxLevels <= 1) return 1;
+  let entriesShift = 0;
+  for (let v = windowSize >> BigInt(pageShift); v > 1n; v >>= 1n) entriesShift++;
+  const kernelPageShift = Math.round(Math.log2(kernelPageSize));
+  const maxOrder = kernelPageSize <= 4096 ? 10 : 8;
+  for (let levels = 1; levels <= maxLevels; levels++) {
+    const levelShift = Math.max(Math.ceil(entriesShift / levels) + 3, kernelPageShift);
+    if (levelShift <= kernelPageShift + maxOrder && (levelShift - 3) * levels + pageShift < 55) return levels;
+  }
+  return 1;
 }
 
 async function mapRanges(ctx: Context, containerFd: number, window: DmaWindow, ranges: MappedRange[], group: number): Promise<MappedRange[]> {

@@ -21,20 +21,67 @@ export interface VfioErrorDetails {
   fd?: number | undefined;
 }
 
-/** Positive errno for a code name (`EINVAL` -> 22) on this platform, 0 when unknown. */
-export function errnoOf(code: string): number {
-  return errnoByCode[code] ?? 0;
+/**
+ * Errno names and messages beyond libuv's table (Node's getSystemErrorMap and
+ * os.constants.errno know only the errnos libuv maps: EBADFD, ENOTBLK, EREMOTEIO,
+ * ... are missing). The native addon exports the C library's own table
+ * (strerrorname_np/strerror, compiled for the target) and registers it here;
+ * the Linux values below cover what the simulated kernel raises when no addon
+ * is loaded (asm-generic errno numbers, the same on powerpc and x86).
+ */
+const extraByErrno = new Map<number, { code: string; message: string }>();
+const extraByCode = new Map<string, number>();
+
+const LINUX_FALLBACK: Array<[number, string, string]> = [
+  [77, 'EBADFD', 'File descriptor in bad state'],
+  [15, 'ENOTBLK', 'Block device required'],
+  [121, 'EREMOTEIO', 'Remote I/O error'],
+  [524, 'ENOTSUPP', 'Operation is not supported'],
+];
+
+/**
+ * Registers errno names and messages (the native addon's table, from the C
+ * library). Entries for errnos libuv already names are ignored so both
+ * bindings report the same code for the same errno.
+ */
+export function registerErrnoNames(table: Iterable<[number, string, string]>, fallback = false): void {
+  const known = getSystemErrorMap();
+  for (const [errno, code, message] of table) {
+    if (!Number.isInteger(errno) || errno <= 0 || typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) continue;
+    if (known.has(-errno)) continue;
+    // The C library's entry replaces a built-in fallback; otherwise the first registration stays.
+    if (extraByErrno.has(errno) && (fallback || !fallbackErrnos.has(errno))) continue;
+    if (fallback) fallbackErrnos.add(errno);
+    else fallbackErrnos.delete(errno);
+    const previous = extraByErrno.get(errno);
+    if (previous && extraByCode.get(previous.code) === errno) extraByCode.delete(previous.code);
+    extraByErrno.set(errno, { code, message: typeof message === 'string' && message ? message : code });
+    if (errnoByCode[code] === undefined && !extraByCode.has(code)) extraByCode.set(code, errno);
+  }
 }
 
-/** Code name for a positive errno (22 -> `EINVAL`), `E<n>` when unknown. */
+const fallbackErrnos = new Set<number>();
+registerErrnoNames(LINUX_FALLBACK, true);
+
+/** Positive errno for a code name (`EINVAL` -> 22) on this platform, 0 when unknown. */
+export function errnoOf(code: string): number {
+  const unnamed = /^E(\d+)$/.exec(code);
+  return errnoByCode[code] ?? extraByCode.get(code) ?? (unnamed ? Number(unnamed[1]) : 0);
+}
+
+/** Code name for a positive errno (22 -> `EINVAL`, 77 -> `EBADFD`), `E<n>` when unknown. */
 export function codeOfErrno(errno: number): string {
-  const entry = getSystemErrorMap().get(-Math.abs(errno));
-  return entry ? entry[0] : `E${Math.abs(errno)}`;
+  const n = Math.abs(errno);
+  const entry = getSystemErrorMap().get(-n);
+  if (entry) return entry[0];
+  return extraByErrno.get(n)?.code ?? `E${n}`;
 }
 
 function describeErrno(errno: number): string {
-  const entry = getSystemErrorMap().get(-Math.abs(errno));
-  return entry ? entry[1] : 'unknown error';
+  const n = Math.abs(errno);
+  const entry = getSystemErrorMap().get(-n);
+  if (entry) return entry[1];
+  return extraByErrno.get(n)?.message ?? 'unknown error';
 }
 
 /**

@@ -26,13 +26,15 @@ import {
   type VfioBinding,
   type VfioConstants,
 } from './binding.js';
-import { UNEXPECTED_RETURN, VfioError, codeOfErrno } from './errors.js';
+import { UNEXPECTED_RETURN, VfioError, codeOfErrno, errnoOf, registerErrnoNames } from './errors.js';
 import { checkBytes, checkFd, checkGroupNumber, checkLength, checkString, checkU32, checkU64 } from './validate.js';
 
 /** The addon's raw surface (see native/vfio.cc). */
 export interface NativeAddon {
   constants: Record<string, number>;
   ioctlNumbers: Record<string, number>;
+  /** [errno, name, message] for every errno the C library names (strerrorname_np); absent in old builds. */
+  errnoTable?: Array<[number, string, string]>;
   open(path: string): Promise<number>;
   close(fd: number): Promise<void>;
   ioctlValue(fd: number, name: string, arg: number): Promise<number>;
@@ -84,6 +86,7 @@ export function loadNativeAddon(addonPath: string | undefined = process.env['PVD
 
 interface RawError {
   errno?: unknown;
+  code?: unknown;
   syscall?: unknown;
   ioctl?: unknown;
   returnValue?: unknown;
@@ -142,6 +145,7 @@ export class NativeBinding implements VfioBinding {
     this.constants = constantsFrom(addon.constants);
     this.pageSize = addon.constants['PAGE_SIZE'] ?? 4096;
     this.ioctlNumbers = Object.freeze({ ...addon.ioctlNumbers });
+    if (Array.isArray(addon.errnoTable)) registerErrnoNames(addon.errnoTable);
   }
 
   /** Runs an addon call, mapping its rejection to VfioError. */
@@ -163,7 +167,17 @@ export class NativeBinding implements VfioBinding {
       path: path ?? (fd === undefined ? undefined : this.paths.get(fd)),
     };
     if (typeof raw.returnValue === 'number') return new VfioError(UNEXPECTED_RETURN, details, raw.returnValue);
-    if (typeof raw.errno === 'number') return new VfioError(codeOfErrno(raw.errno), details);
+    if (typeof raw.errno === 'number') {
+      // Prefer the C library's name for the errno (the addon sets `code`); libuv's table lacks some (EBADFD).
+      let code = codeOfErrno(raw.errno);
+      if (/^E\d+$/.test(code) && typeof raw.code === 'string' && /^E[A-Z0-9]+$/.test(raw.code)) {
+        registerErrnoNames([[raw.errno, raw.code, '']]);
+        code = raw.code;
+      }
+      // The code must map back to the same errno (VfioError derives errno from it).
+      if (errnoOf(code) !== raw.errno) code = `E${raw.errno}`;
+      return new VfioError(code, details);
+    }
     return err;
   }
 

@@ -74,6 +74,8 @@ const C = SIMULATED_CONSTANTS;
 const GiB = 1n << 30n;
 const IOMMU_PAGE_SHIFT_4K = 12;
 const DDW_START = 1n << 59n;
+/** pseries get_table_size for more than one level: 0xfffff pages charged, then EINVAL [seen]. */
+const PSERIES_MULTILEVEL_CHARGE = 0xfffff000n;
 /** MAX_PAGE_ORDER on the 4K-page kernels: the largest single table level is PAGE_SIZE << 10. */
 const MAX_PAGE_ORDER = 10;
 const POWERNV_MAX_LEVELS = 5;
@@ -223,6 +225,8 @@ interface Table {
   levels: number;
   chargedPages: number;
   isDefault: boolean;
+  /** The window sits where the 32-bit default window lives (slot 0, dma32 start). */
+  isDefaultSlot: boolean;
   extents: Extent[];
 }
 
@@ -259,6 +263,11 @@ interface SimGroup {
   removed: boolean;
   busyElsewhere: boolean;
   pe: PeState | null;
+  /**
+   * pseries: a second TCE_CREATE while a dynamic window sat in slot 0 failed with ENODEV and left
+   * the PE without DMA windows: every later window creation fails with ENODEV (seen on 6.12).
+   */
+  ddwBroken: boolean;
 }
 
 interface FileBase {
@@ -374,6 +383,7 @@ export class SimulatedKernel {
       deviceUsers: 0,
       removed: spec.devices.length === 0,
       busyElsewhere: false,
+      ddwBroken: false,
       pe: this.profile.eeh ? { ioStopped: false, dmaStopped: false, reset: false } : null,
     });
   }
@@ -623,21 +633,10 @@ export class SimulatedKernel {
     if (driver.v2 && this.profile.family === 'pseries' && driver.groups.length > 0 && driver.tables.some((t) => t !== null)) {
       throw 'EPERM';
     }
-    if (driver.v2) {
-      // powernv programs the existing windows into the new PE; nothing to model beyond the membership.
-      if (driver.groups.length === 0 && !driver.tables[0]) driver.defWindowPending = true;
-    } else {
-      // v1 takes over the platform's own 32-bit table: 4K pages over the dma32 window, uncharged.
-      driver.tables[0] = {
-        start: this.profile.dma32Start,
-        pageShift: IOMMU_PAGE_SHIFT_4K,
-        entries: this.profile.dma32Size >> BigInt(IOMMU_PAGE_SHIFT_4K),
-        levels: 1,
-        chargedPages: 0,
-        isDefault: true,
-        extents: [],
-      };
-    }
+    // v1 and v2 alike (6.12): the first group leaves the default window pending; the first
+    // MAP_DMA/UNMAP_DMA (v1: after ENABLE) or TCE_CREATE creates it and charges its table [seen].
+    // powernv programs existing windows into a later group's PE; nothing to model beyond membership.
+    if (driver.groups.length === 0 && !driver.tables[0]) driver.defWindowPending = true;
     driver.groups.push(g);
   }
 
@@ -648,11 +647,7 @@ export class SimulatedKernel {
     const driver = container.driver;
     if (driver) {
       driver.groups = driver.groups.filter((x) => x !== g);
-      if (!driver.v2) {
-        // v1: the group's own table is cleared (pages unpinned) and returned to the platform.
-        if (driver.tables[0]) driver.tables[0].extents = [];
-        driver.tables[0] = null;
-      }
+      // The windows are unset from the leaving PE; the tables (and their charge) go with the driver.
     }
     container.groups = container.groups.filter((x) => x !== g);
     g.container = null;
@@ -735,13 +730,13 @@ export class SimulatedKernel {
 
   /** @internal: the platform's get_table_size; 0 means the parameters are refused (EINVAL). */
   tableSize(pageShift: number, windowSize: bigint, levels: number): bigint {
+    if (this.profile.family === 'pseries') {
+      // entries * 8, no minimum, power of two or not: levels > 1 and a size that is not a power of
+      // two are refused only after the charge (createWindow) [seen: 3 MiB leaked one page].
+      return (windowSize >> BigInt(pageShift)) * 8n;
+    }
     if (!isPow2(windowSize) || windowSize < 1n << BigInt(pageShift)) return 0n;
     const entriesShift = ilog2(windowSize) - pageShift;
-    if (this.profile.family === 'pseries') {
-      if (levels !== 1) return 0n;
-      const bytes = (1n << BigInt(entriesShift)) * 8n;
-      return bytes < 4096n ? 4096n : bytes;
-    }
     if (levels < 1 || levels > this.profile.maxLevels) return 0n;
     let tceTableSize = 1n << BigInt(entriesShift + 3);
     if (tceTableSize < 0x1000n) tceTableSize = 0x1000n;
@@ -762,27 +757,44 @@ export class SimulatedKernel {
     const num = driver.tables.findIndex((t) => t === null);
     if (num < 0 || num >= this.profile.maxDynamicWindows) throw 'ENOSPC';
     if (pageShift > 63 || ((this.profile.pgsizes >> BigInt(pageShift)) & 1n) === 0n) throw 'EINVAL';
-    const size = this.tableSize(pageShift, windowSize, levels);
+    const pseries = this.profile.family === 'pseries';
+    if (pseries && levels === 0) levels = 1; // [seen] levels 0 is one level on pseries
+    const size = pseries && levels > 1 ? PSERIES_MULTILEVEL_CHARGE : this.tableSize(pageShift, windowSize, levels);
     if (size === 0n) throw 'EINVAL';
-    const pages = Number((size + BigInt(this.pageSize) - 1n) >> BigInt(this.pageShift));
+    // tce_iommu_create_table: account_locked_vm(table_size >> PAGE_SHIFT), then create_table.
+    const pages = Number(size >> BigInt(this.pageShift));
     if (!this.account(proc, driver.mm!, pages)) throw 'ENOMEM';
-    try {
-      if (this.profile.family === 'powernv') {
-        const entriesShift = ilog2(windowSize) - pageShift;
-        const levelShift = Math.max(Math.ceil(entriesShift / levels) + 3, this.pageShift);
-        if ((levelShift - 3) * levels + pageShift >= 55) throw 'EINVAL';
-        if (levelShift > this.pageShift + MAX_PAGE_ORDER) throw 'ENOMEM';
-      } else if (size > BigInt(this.pageSize) << BigInt(MAX_PAGE_ORDER + 8)) {
-        // pseries allocates the whole table at once; a very large one cannot be allocated.
-        throw 'ENOMEM';
-      }
-    } catch (code) {
-      this.unaccount(driver.mm!, pages);
-      throw code;
-    }
+    // From here a failure does NOT return the charge: the kernel never un-accounts when
+    // create_table fails, so it stays in locked_vm until the process exits [seen].
+    const pe = driver.groups[0];
     let start: bigint;
-    if (this.profile.family === 'powernv' || isDefault) start = num === 0 ? this.profile.dma32Start : DDW_START;
-    else start = driver.tables.some((t) => t !== null && t.start === DDW_START) ? this.profile.dma32Start : DDW_START;
+    if (this.profile.family === 'powernv') {
+      const entriesShift = ilog2(windowSize) - pageShift;
+      const levelShift = Math.max(Math.ceil(entriesShift / levels) + 3, this.pageShift);
+      if ((levelShift - 3) * levels + pageShift >= 55) throw 'EINVAL';
+      if (levelShift > this.pageShift + MAX_PAGE_ORDER) throw 'ENOMEM';
+      start = num === 0 ? this.profile.dma32Start : DDW_START;
+    } else {
+      if (levels > 1 || !isPow2(windowSize)) throw 'EINVAL';
+      if (pe?.ddwBroken) throw 'ENODEV';
+      // pseries allocates the whole table at once; a very large one cannot be allocated.
+      if (size > BigInt(this.pageSize) << BigInt(MAX_PAGE_ORDER + 8)) throw 'ENOMEM';
+      const other = driver.tables[num === 0 ? 1 : 0] ?? null;
+      const defaultRequest = pageShift === IOMMU_PAGE_SHIFT_4K && windowSize <= this.profile.dma32Size;
+      if (num === 0 && (isDefault || defaultRequest)) {
+        // The 32-bit default window is re-created in slot 0, at the dma32 start; not while
+        // a dynamic window exists [seen: EPERM, charge kept].
+        if (other) throw 'EPERM';
+        start = this.profile.dma32Start;
+      } else if (other && !other.isDefaultSlot) {
+        // A second window while a dynamic window holds slot 0: ENODEV, and the PE loses its
+        // windows until reboot [seen].
+        if (pe) pe.ddwBroken = true;
+        throw 'ENODEV';
+      } else {
+        start = DDW_START; // ibm,create-pe-dma-window: QEMU answers 1 << 59 [seen]
+      }
+    }
     const table: Table = {
       start,
       pageShift,
@@ -790,6 +802,7 @@ export class SimulatedKernel {
       levels,
       chargedPages: pages,
       isDefault,
+      isDefaultSlot: start === this.profile.dma32Start && num === 0,
       extents: [],
     };
     driver.tables[num] = table;
@@ -1219,7 +1232,7 @@ export class SimulatedProcess implements VfioBinding {
       if (argsz < 24) throw 'EINVAL';
       if (flags) throw 'EINVAL';
       const mask = BigInt(this.pageSize) - 1n;
-      if (vaddr & mask || size & mask || vaddr + size > (1n << 64n) - 1n || size === 0n) throw 'EINVAL';
+      if (vaddr & mask || size & mask || vaddr + size > (1n << 64n) - 1n) throw 'EINVAL';
       const existing = this.mm.regions.find((r) => r.vaddr === vaddr && r.size === size);
       if (existing) {
         if (d.prereg.includes(existing)) throw 'EBUSY';
@@ -1229,6 +1242,8 @@ export class SimulatedProcess implements VfioBinding {
         d.enabled = true;
         return;
       }
+      // mm_iommu_do_alloc: vzalloc(0) of the page array fails before the overlap check [seen].
+      if (size === 0n) throw 'ENOMEM';
       if (this.mm.regions.some((r) => r.vaddr < vaddr + size && vaddr < r.vaddr + r.size)) throw 'EINVAL';
       const pieces = this.resolve(vaddr, size);
       if (!pieces) throw 'EFAULT';
@@ -1385,9 +1400,14 @@ export class SimulatedProcess implements VfioBinding {
       const pageMask = (1n << BigInt(t.pageShift)) - 1n;
       if (size & pageMask) throw 'EINVAL';
       if (iova & pageMask) throw new PositiveReturn(1);
-      // Assumed like MAP: only the first page is range-checked (not observed; the sequence never does it).
+      // Only the first page is range-checked, like MAP. pseries [seen]: the entries past the end go
+      // to H_PUT_TCE, which the hypervisor refuses; the kernel skips them and returns 0.
       if (iova + size > tableEnd(t)) {
-        this.kernel.die(`UNMAP_DMA cleared TCEs past the end of the window (iova 0x${iova.toString(16)} size 0x${size.toString(16)})`);
+        if (this.kernel.profile.family !== 'pseries') {
+          this.kernel.die(`UNMAP_DMA cleared TCEs past the end of the window (iova 0x${iova.toString(16)} size 0x${size.toString(16)})`);
+        }
+        clearExtents(t, iova >> BigInt(t.pageShift), (tableEnd(t) - iova) >> BigInt(t.pageShift));
+        return;
       }
       clearExtents(t, iova >> BigInt(t.pageShift), size >> BigInt(t.pageShift));
     }, { iova: `0x${iova.toString(16)}`, size: `0x${size.toString(16)}` });

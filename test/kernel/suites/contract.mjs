@@ -33,7 +33,7 @@ export function available() {
 }
 
 /** Compile src/ with the project's tsconfig into the cache (incremental), JS only. */
-function buildDist() {
+export function buildDist() {
   if (process.env.PVDP_KERNEL_DIST) return process.env.PVDP_KERNEL_DIST;
   const out = join(cacheDir(), 'build', 'dist');
   mkdirSync(out, { recursive: true });
