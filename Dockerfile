@@ -30,14 +30,15 @@ COPY . .
 RUN --mount=type=cache,target=/root/.npm npm ci --no-audit --no-fund
 RUN npm run build
 # Fail the image build, not the pod, when the addon did not build for this platform.
-RUN if [ -f binding.gyp ]; then node -e "require('node-gyp-build')(process.cwd())"; fi
+RUN node -e "require('./build/Release/vfio_native.node'); require('./build/Release/vfio_uevent.node')"
 RUN npm prune --omit=dev --no-audit --no-fund
 # What the runtime needs, laid out as the package: package.json, dist/ (bin
 # power-vfio-device-plugin = dist/cli/main.js, and the workload client's bin),
-# proto/ (loaded at run time), node_modules/ without dev dependencies, and the
-# compiled addon.
+# proto/ (loaded at run time), the C handoff client's sources and the docs
+# (for workloads to copy), node_modules/ without dev dependencies, and the
+# compiled addons.
 RUN mkdir -p /out \
- && cp -a package.json dist proto node_modules /out/ \
+ && cp -a package.json README.md dist proto clients docs node_modules /out/ \
  && if [ -d build/Release ]; then mkdir -p /out/build && cp -a build/Release /out/build/; fi \
  && rm -f /out/dist/.tsbuildinfo
 

@@ -13,6 +13,8 @@ import type { NodeSnapshot } from './report/snapshot.js';
 import type { ResourceConfig } from './config/schema.js';
 import type { IommuGroup } from './topology/types.js';
 import { HealthTracker } from './health/health-tracker.js';
+import type { HandoffService } from './handoff/service.js';
+import type { AllocationExtra } from './kubelet/allocation.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -26,6 +28,10 @@ export interface DaemonDeps {
   reporter?: NodeReporter;
   /** Health rules with memory (AER); a default one is made when absent. */
   health?: HealthTracker;
+  /** Handoff mode: started before the kubelet is served, stopped at shutdown. */
+  handoff?: HandoffService | null;
+  /** Allocate's additions for handoff resources. */
+  extendAllocation?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
 }
 
 export class Daemon {
@@ -37,6 +43,7 @@ export class Daemon {
   private readonly reporter: NodeReporter | undefined;
   private issuesText = '';
   private readonly health: HealthTracker;
+  private readonly handoff: HandoffService | null;
   private recoveryTimer: NodeJS.Timeout | null = null;
   /** The first discovery finished (readiness). */
   discovered = false;
@@ -52,6 +59,7 @@ export class Daemon {
     this.reporter = deps.reporter;
     const health = deps.health ?? new HealthTracker();
     this.health = health;
+    this.handoff = deps.handoff ?? null;
     const metrics = deps.metrics;
     const preparer = deps.preparer && metrics ? this.measured(deps.preparer, metrics) : deps.preparer;
     this.manager = new PluginManager({
@@ -59,6 +67,7 @@ export class Daemon {
       resources: settings.resources,
       logger: deps.logger,
       health: (group) => health.evaluate(group),
+      ...(deps.extendAllocation ? { allocationExtender: deps.extendAllocation } : {}),
       ...(preparer ? { preparer } : {}),
       ...(metrics
         ? {
@@ -136,6 +145,7 @@ export class Daemon {
     this.logTopology(topology);
     this.discovered = true;
     this.apply(topology);
+    await this.handoff?.start();
     await this.manager.start();
     return topology;
   }
@@ -168,6 +178,8 @@ export class Daemon {
     this.recoveryTimer = null;
     await this.watcher.stop();
     await this.manager.stop();
+    // Unclaimed preparations are released; claimed ones belong to their pods.
+    await this.handoff?.stop();
     await this.reporter?.stop();
   }
 }

@@ -46,6 +46,8 @@ async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(),
     kubeconfig: null,
     metricsPort: null,
     metricsBind: '127.0.0.1',
+    handoffHostDir: join(dir, 'handoff'),
+    handoffContainerDir: '/var/run/power-vfio/handoff',
     resources: config.resources,
   };
   kubelet = new SimulatedKubelet(settings.devicePluginDir);

@@ -15,6 +15,8 @@ import { builtinPowerNode } from '../simulate/power-node.js';
 import type { IommuGroup } from '../topology/types.js';
 import { routeGrpcLogs } from './grpc-logging.js';
 import { buildPreparer } from './preparation.js';
+import { claim } from '../handoff/client.js';
+import { HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const say = (s = '') => process.stdout.write(`${s}\n`);
@@ -53,6 +55,8 @@ export async function runDemo(): Promise<number> {
       kubeconfig: null,
       metricsPort: null,
       metricsBind: '127.0.0.1',
+      handoffHostDir: join(dir, 'handoff'),
+      handoffContainerDir: '/var/run/power-vfio/handoff',
       resources: config.resources,
     };
     say(bold('power-vfio-device-plugin demo: a simulated POWER9 node, a built-in kubelet, real gRPC over unix sockets'));
@@ -60,8 +64,20 @@ export async function runDemo(): Promise<number> {
     say(`Plugin logs (JSON): ${logPath}`);
 
     await kubelet.start();
-    const preparation = await buildPreparer({ simulate: true, devRoot: roots.devRoot, resources: config.resources, logger });
-    daemon = new Daemon(settings, { logger, preparer: preparation.preparer, socketCheckIntervalMs: 250 });
+    const preparation = await buildPreparer({
+      simulate: true,
+      devRoot: roots.devRoot,
+      resources: config.resources,
+      logger,
+      handoff: { hostDir: settings.handoffHostDir, containerDir: settings.handoffContainerDir, podResourcesSocket: null },
+    });
+    daemon = new Daemon(settings, {
+      logger,
+      socketCheckIntervalMs: 250,
+      ...(preparation.preparer ? { preparer: preparation.preparer } : {}),
+      handoff: preparation.handoff,
+      ...(preparation.extendAllocation ? { extendAllocation: preparation.extendAllocation } : {}),
+    });
     const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 10_000)));
     const topology = await daemon.start();
     await registered;
@@ -104,6 +120,7 @@ export async function runDemo(): Promise<number> {
     await kubelet.preStart('ibm.com/gpu', ['5']);
     say(`  group 5 verified in ${Date.now() - started} ms: ${preparation.describe(5)}`);
     say('  Now the node runs out of locked memory (fault injection in the simulated kernel):');
+    preparation.kernel?.process().setMemlockLimit(64n << 20n);
     preparation.kernel?.process().exhaustMemlock();
     const failed = await kubelet.preStart('ibm.com/gpu', ['5']).then(
       () => 'unexpectedly succeeded',
@@ -111,14 +128,56 @@ export async function runDemo(): Promise<number> {
     );
     say(`  PreStartContainer fails, and the container does not start:\n    ${failed}`);
     preparation.kernel?.process().lockExternal(0n);
+    // The handoff resource keeps windows mapped for pods: the plugin runs with CAP_IPC_LOCK there.
+    preparation.kernel?.process().setMemlockLimit(null);
 
-    heading(6, 'Hot rebinding: the operator binds the boot NVMe 0000:01:00.0 to vfio-pci');
+    heading(6, 'Handoff: the FPGA resource gets its sPAPR container prepared, enabled and mapped before the pod starts');
+    const fpga = await kubelet.allocate('ibm.com/fpga', [['6']]);
+    const c6 = fpga.container_responses[0]!;
+    for (const m of c6.mounts) say(`  mount  ${m.host_path} -> ${m.container_path}`);
+    for (const [k, v] of Object.entries(c6.envs).filter(([k]) => k.startsWith('PVDP_')).sort()) say(`  env    ${k}=${v}`);
+    const prepStarted = Date.now();
+    await kubelet.preStart('ibm.com/fpga', ['6']);
+    say(`  PreStartContainer prepared group 6 in ${Date.now() - prepStarted} ms`);
+    const kernel = preparation.kernel!;
+    const network = preparation.simulatedNetwork!;
+    const hostDir = c6.mounts[0]!.host_path;
+    // The pod is another process: it claims over the socket in its mounted directory.
+    const pod = kernel.spawnProcess();
+    const claimed = await claim(join(hostDir, HANDOFF_SOCKET_NAME), { transport: network.claimTransport(pod) });
+    const d = claimed.description;
+    say(`  the pod claimed fds container=${claimed.fds.container} memory=${claimed.fds.memory} groups=${claimed.fds.groups.join(',')}`);
+    say(`  ${d.iommu.type}, window ${d.window.start} + ${d.window.size}, IOMMU page ${d.window.pageSize}, ${d.ranges.length} mapped range(s)`);
+    const size = BigInt(d.memory.size);
+    const view = await pod.mmap(claimed.fds.memory, size);
+    const iova = BigInt(d.ranges[0]!.iova);
+    pod.writeMemory(view + 0x100n, Buffer.from('written by the pod'));
+    say(`  the pod writes into its memory; the device reads it by DMA at iova 0x${(iova + 0x100n).toString(16)}: "${kernel.dmaRead(6, iova + 0x100n, 18).toString()}"`);
+    kernel.dmaWrite(6, iova + 0x2000n, Buffer.from('written by the device'));
+    say(`  the device DMAs into the window; the pod reads: "${pod.readMemory(view + 0x2000n, 21).toString()}"`);
+    const mapMore = await pod.mapDma(claimed.fds.container, { vaddr: view, iova, size: 4096n, flags: 3 }).then(
+      () => 'allowed',
+      (err: { code?: string }) => err.code ?? 'refused',
+    );
+    say(`  the pod cannot map more (the container's mm is the plugin's): MAP_DMA -> ${mapMore}`);
+    const lockedBefore = await kernel.process().lockedMemoryBytes();
+    await pod.munmap(view, size);
+    pod.exit();
+    say(`  the pod exits: the kernel releases everything; the plugin holds ${lockedBefore} bytes locked, group 6 opens again: ${await kernel
+      .process()
+      .openGroup(roots.devRoot, 6)
+      .then(async (fd) => {
+        await kernel.process().close(fd);
+        return 'yes';
+      }, (err: { code?: string }) => err.code ?? 'no')}`);
+
+    heading(7, 'Hot rebinding: the operator binds the boot NVMe 0000:01:00.0 to vfio-pci');
     const rebound = Date.now();
     await bindDriver(roots, '0000:01:00.0', 'vfio-pci');
     await kubelet.waitForDevices('ibm.com/nvme', (d) => d.some((x) => x.ID === '0' && x.health === 'Healthy'), 5000);
     say(`  group 0 advertised as Healthy ${Date.now() - rebound} ms later, without a restart`);
 
-    heading(7, 'Kubelet restart: every socket in the directory is deleted');
+    heading(8, 'Kubelet restart: every socket in the directory is deleted');
     const restart = Date.now();
     const back = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 10_000)));
     await kubelet.restart();

@@ -60,6 +60,11 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     devRoot: settings.devRoot,
     resources: settings.resources,
     logger,
+    handoff: {
+      hostDir: settings.handoffHostDir,
+      containerDir: settings.handoffContainerDir,
+      podResourcesSocket: settings.podResourcesSocket,
+    },
   });
   const metrics = createMetrics({ version: await packageVersion() });
   const reporter = createReporter(settings, logger, metrics);
@@ -70,6 +75,8 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     metrics,
     ...(reporter ? { reporter } : {}),
     ...(preparation.preparer ? { preparer: preparation.preparer } : {}),
+    handoff: preparation.handoff,
+    ...(preparation.extendAllocation ? { extendAllocation: preparation.extendAllocation } : {}),
   });
   let probe: ProbeServer | null = null;
   if (settings.metricsPort !== null) {

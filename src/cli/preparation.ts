@@ -1,12 +1,19 @@
 // Chooses the kernel PreStartContainer talks to: the simulated one on the
-// simulated node, the native addon on a real node.
+// simulated node, the native addon on a real node; and builds each mode's
+// preparer: verify (prove and release) and handoff (prepare, keep, hand over).
 import type { Logger } from '../log.js';
-import type { Topology } from '../topology/types.js';
+import type { IommuGroup, Topology } from '../topology/types.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { Preparer } from '../kubelet/plugin-manager.js';
-import { PluginError } from '../errors.js';
+import type { AllocationExtra } from '../kubelet/allocation.js';
+import type { VfioBinding } from '../vfio/binding.js';
+import { PluginError, RequestError } from '../errors.js';
 import { SimulatedKernel } from '../vfio/simulated-kernel.js';
 import { createVerifyPreparer, describeVerification } from '../prepare/verify-preparer.js';
+import { createVfioHandoffSource } from '../prepare/handoff-source.js';
+import { HandoffService, DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
+import { SimulatedHandoffNetwork } from '../handoff/simulated-transport.js';
+import { unixTransport, type HandoffTransport } from '../handoff/transport.js';
 
 export interface PreparationSetup {
   preparer: Preparer | undefined;
@@ -14,6 +21,22 @@ export interface PreparationSetup {
   describe(group: number): string;
   /** The simulated kernel, when running on the simulated node. */
   kernel: SimulatedKernel | null;
+  /** Handoff mode: start it before serving the kubelet, stop it at shutdown. Null when no resource uses handoff. */
+  handoff: HandoffService | null;
+  /** Allocate's additions (handoff mount and env); undefined when no resource uses handoff. */
+  extendAllocation: ((resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>) | undefined;
+  /** On the simulated node: the socket names simulated pods claim through. */
+  simulatedNetwork: SimulatedHandoffNetwork | null;
+}
+
+export interface HandoffSettings {
+  /** Host directory of the per-allocation directories (default /var/run/power-vfio-device-plugin). */
+  hostDir?: string;
+  /** Where containers see them (default /var/run/power-vfio/handoff). */
+  containerDir?: string;
+  /** The kubelet's PodResources socket; null: no PodResources-driven release. */
+  podResourcesSocket: string | null;
+  podResourcesIntervalMs?: number;
 }
 
 export interface PreparationOptions {
@@ -23,8 +46,12 @@ export interface PreparationOptions {
   /** Groups the simulated kernel starts with. */
   topology?: Topology;
   logger: Logger;
-  /** RLIMIT_MEMLOCK of the simulated plugin process (default 64 MiB). */
+  /** RLIMIT_MEMLOCK of the simulated plugin process (default 64 MiB; unlimited when a resource uses handoff). */
   simulatedMemlock?: bigint | null;
+  /** Needed when a resource uses handoff. */
+  handoff?: HandoffSettings;
+  /** The VFIO binding on a real node (tests); default the native addon. */
+  binding?: VfioBinding;
 }
 
 function simulatedGroups(topology: Topology | undefined): { group: number; devices: string[] }[] {
@@ -32,39 +59,10 @@ function simulatedGroups(topology: Topology | undefined): { group: number; devic
   return [...topology.groups.values()].map((g) => ({ group: g.id, devices: g.functions.map((f) => f.address) }));
 }
 
-export async function buildPreparer(options: PreparationOptions): Promise<PreparationSetup> {
-  const needed = options.resources.some((r) => r.preparation.mode !== 'none');
-  if (!needed) return { preparer: undefined, describe: () => 'no preparation configured', kernel: null };
-  if (options.simulate) {
-    // A POWER9 bare-metal kernel; the plugin's memlock limit is what a DaemonSet typically gets.
-    const kernel = new SimulatedKernel({
-      platform: 'powernv9',
-      groups: simulatedGroups(options.topology),
-      memlockLimit: options.simulatedMemlock === undefined ? 64n << 20n : options.simulatedMemlock,
-    });
-    const verify = createVerifyPreparer({
-      binding: kernel.process(),
-      devRoot: options.devRoot,
-      logger: options.logger,
-      beforeVerify: (groups) => {
-        for (const g of groups) {
-          if (!kernel.hasGroup(g.id)) kernel.addGroup({ group: g.id, devices: g.functions.map((f) => f.address) });
-        }
-      },
-    });
-    return {
-      preparer: verify.preparer,
-      describe: (group) => {
-        const v = verify.last(group);
-        return v ? describeVerification(v) : 'not verified';
-      },
-      kernel,
-    };
-  }
-  let binding;
+async function nativeBinding(): Promise<VfioBinding> {
   try {
     const { createNativeBinding } = await import('../vfio/native-binding.js');
-    binding = createNativeBinding();
+    return createNativeBinding();
   } catch (err) {
     throw new PluginError(
       'PVDP_ERR_PREPARATION',
@@ -72,13 +70,79 @@ export async function buildPreparer(options: PreparationOptions): Promise<Prepar
       { cause: err },
     );
   }
-  const verify = createVerifyPreparer({ binding, devRoot: options.devRoot, logger: options.logger });
+}
+
+export async function buildPreparer(options: PreparationOptions): Promise<PreparationSetup> {
+  const needed = options.resources.some((r) => r.preparation.mode !== 'none');
+  const usesHandoff = options.resources.some((r) => r.preparation.mode === 'handoff');
+  if (!needed) {
+    return { preparer: undefined, describe: () => 'no preparation configured', kernel: null, handoff: null, extendAllocation: undefined, simulatedNetwork: null };
+  }
+  let binding: VfioBinding;
+  let kernel: SimulatedKernel | null = null;
+  let beforePrepare: ((groups: IommuGroup[]) => void) | undefined;
+  if (options.simulate) {
+    // A POWER9 bare-metal kernel; the plugin's memlock limit is what a DaemonSet typically gets.
+    const simulated = new SimulatedKernel({
+      platform: 'powernv9',
+      groups: simulatedGroups(options.topology),
+      memlockLimit: options.simulatedMemlock !== undefined ? options.simulatedMemlock : usesHandoff ? null : 64n << 20n,
+    });
+    kernel = simulated;
+    binding = simulated.process();
+    beforePrepare = (groups) => {
+      for (const g of groups) {
+        if (!simulated.hasGroup(g.id)) simulated.addGroup({ group: g.id, devices: g.functions.map((f) => f.address) });
+      }
+    };
+  } else {
+    binding = options.binding ?? (await nativeBinding());
+  }
+  const verify = createVerifyPreparer({
+    binding,
+    devRoot: options.devRoot,
+    logger: options.logger,
+    ...(beforePrepare ? { beforeVerify: beforePrepare } : {}),
+  });
+
+  let handoff: HandoffService | null = null;
+  let simulatedNetwork: SimulatedHandoffNetwork | null = null;
+  if (usesHandoff) {
+    let transport: HandoffTransport;
+    if (kernel) {
+      simulatedNetwork = new SimulatedHandoffNetwork(kernel.process());
+      transport = simulatedNetwork.transport();
+    } else {
+      transport = unixTransport(binding);
+    }
+    const settings = options.handoff ?? { podResourcesSocket: null };
+    handoff = new HandoffService({
+      hostDir: settings.hostDir ?? DEFAULT_HANDOFF_HOST_DIR,
+      containerDir: settings.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR,
+      transport,
+      source: createVfioHandoffSource({ binding, devRoot: options.devRoot, logger: options.logger, ...(beforePrepare ? { beforePrepare } : {}) }),
+      logger: options.logger,
+      podResourcesSocket: settings.podResourcesSocket,
+      ...(settings.podResourcesIntervalMs !== undefined ? { podResourcesIntervalMs: settings.podResourcesIntervalMs } : {}),
+    });
+  }
+  const service = handoff;
+  const preparer: Preparer = async (resource, groups) => {
+    if (resource.preparation.mode === 'handoff') {
+      if (!service) throw new RequestError('PVDP_ERR_PREPARATION', 'precondition', `Handoff mode of ${resource.name} is not set up`);
+      return service.preStart(resource, groups);
+    }
+    return verify.preparer(resource, groups);
+  };
   return {
-    preparer: verify.preparer,
+    preparer,
     describe: (group) => {
       const v = verify.last(group);
       return v ? describeVerification(v) : 'not verified';
     },
-    kernel: null,
+    kernel,
+    handoff,
+    extendAllocation: service ? (resource, containers) => service.extendAllocation(resource, containers) : undefined,
+    simulatedNetwork,
   };
 }

@@ -62,6 +62,55 @@ export const selectorsSchema = z
   })
   .strict();
 
+const BINARY_UNITS: Record<string, number> = { '': 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
+
+/** `"256Mi"`, `"1Gi"`, `"4096"`, `4096` -> bytes; null when not a size. Kubernetes quantity suffixes. */
+export function parseByteSize(value: string | number): number | null {
+  if (typeof value === 'number') return Number.isSafeInteger(value) && value > 0 ? value : null;
+  const m = /^\s*([0-9]+)\s*(Ki|Mi|Gi|Ti|k|K|M|G|T)?\s*$/.exec(value);
+  if (!m) return null;
+  const bytes = Number(m[1]) * BINARY_UNITS[m[2] ?? '']!;
+  return Number.isSafeInteger(bytes) && bytes > 0 ? bytes : null;
+}
+
+const byteSize = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const bytes = parseByteSize(v);
+  if (bytes === null) {
+    ctx.addIssue({ code: 'custom', message: 'must be a positive size in bytes or with a suffix, for example 268435456, "256Mi" or "1Gi"' });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+/** Huge page size as a size (`"2Mi"`, `"16Mi"`, `"1Gi"`) or a page shift (21, 24, 30) -> shift. */
+const hugePages = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  let shift: number | null = null;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 16 && v <= 40) shift = v;
+  else {
+    const bytes = parseByteSize(v);
+    if (bytes !== null && (bytes & (bytes - 1)) === 0 && bytes >= 2 ** 16) shift = Math.log2(bytes);
+  }
+  if (shift === null) {
+    ctx.addIssue({ code: 'custom', message: 'must be a huge page size that is a power of two ("2Mi", "16Mi", "1Gi") or its shift (21, 24, 30)' });
+    return z.NEVER;
+  }
+  return shift;
+});
+
+/** Options of the handoff mode. */
+export const handoffOptionsSchema = z
+  .object({
+    /** DMA memory prepared and mapped; default: the whole default (dma32) window of the container. */
+    memorySize: byteSize.optional(),
+    /** Back the memory with hugetlb pages of this size (the node must reserve them). */
+    hugePageShift: hugePages.optional(),
+    /** Release an unclaimed preparation after this many seconds. */
+    claimTimeoutSeconds: z.number().positive().max(86_400).default(120),
+    /** sPAPR TCE IOMMU version: auto (v2, else v1), or force one. */
+    iommu: z.enum(['auto', 'v1', 'v2']).default('auto'),
+  })
+  .strict();
+
 export const preparationSchema = z
   .object({
     /**
@@ -69,8 +118,15 @@ export const preparationSchema = z
      * handoff: prepare and hand the container to the pod.
      */
     mode: z.enum(['none', 'verify', 'handoff']).default('verify'),
+    /** Only read in handoff mode. */
+    handoff: handoffOptionsSchema.optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((p, ctx) => {
+    if (p.handoff !== undefined && p.mode !== 'handoff') {
+      ctx.addIssue({ code: 'custom', path: ['handoff'], message: `is only used with mode: handoff (mode is ${p.mode})` });
+    }
+  });
 
 export const resourceSchema = z
   .object({
@@ -92,6 +148,16 @@ export const configSchema = z
     podResourcesSocket: z.string().min(1).optional(),
     pollIntervalSeconds: z.number().positive().max(3600).optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
+    /** Where handoff-mode resources keep their per-allocation directories and sockets. */
+    handoff: z
+      .object({
+        /** Host directory (a hostPath of the plugin's pod). */
+        hostDir: z.string().min(1).default('/var/run/power-vfio-device-plugin'),
+        /** Where a container sees its allocation's directory (a sub-directory per resource). */
+        containerDir: z.string().regex(/^\//, 'must be an absolute path').default('/var/run/power-vfio/handoff'),
+      })
+      .strict()
+      .optional(),
     /** Container Device Interface: write specs and name CDI devices in Allocate instead of device nodes. */
     cdi: z
       .object({
@@ -120,6 +186,7 @@ export const configSchema = z
 
 export type Selectors = z.output<typeof selectorsSchema>;
 export type Preparation = z.output<typeof preparationSchema>;
+export type HandoffOptions = z.output<typeof handoffOptionsSchema>;
 export type ResourceConfig = z.output<typeof resourceSchema>;
 export type FileConfig = z.output<typeof configSchema>;
 export type PreparationMode = Preparation['mode'];

@@ -6,6 +6,7 @@ import { ConfigError, UsageError } from '../errors.js';
 import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
 import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
+import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -29,6 +30,10 @@ export interface Settings {
   /** Port of /metrics, /healthz and /readyz; 0 picks a free port, null turns the server off. */
   metricsPort: number | null;
   metricsBind: string;
+  /** Host directory of the handoff mode's per-allocation directories. */
+  handoffHostDir: string;
+  /** Where a container sees its own handoff directory. */
+  handoffContainerDir: string;
   resources: ResourceConfig[];
 }
 
@@ -47,6 +52,7 @@ export const FLAGS = {
   kubeconfig: { type: 'string', help: 'Kubeconfig for node reporting (default: in-cluster)' },
   'metrics-port': { type: 'string', help: 'Port for /metrics, /healthz and /readyz; "off" disables (default 9101)' },
   'metrics-bind': { type: 'string', help: 'Address the metrics port listens on (default 0.0.0.0)' },
+  'handoff-dir': { type: 'string', help: `Host directory for handoff preparations (default ${DEFAULT_HANDOFF_HOST_DIR})` },
   'cdi-spec-dir': { type: 'string', help: 'Directory for CDI specs (default /var/run/cdi)' },
   help: { type: 'boolean', help: 'Show this help' },
 } as const;
@@ -170,6 +176,8 @@ export async function resolveSettings(
     kubeconfig: str('kubeconfig') ?? null,
     metricsPort,
     metricsBind: str('metrics-bind') ?? '0.0.0.0',
+    handoffHostDir: str('handoff-dir') ?? file.handoff?.hostDir ?? DEFAULT_HANDOFF_HOST_DIR,
+    handoffContainerDir: file.handoff?.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR,
     resources: file.resources,
   };
 }

@@ -100,6 +100,24 @@ export function containerAllocation(
   };
 }
 
+/** What a preparation mode adds to one container's response (handoff: a mount and env). */
+export type AllocationExtra = Pick<ContainerAllocateResponse, 'envs' | 'mounts'>;
+
+/** Adds `extra`'s env and mounts to a container's response; refuses to overwrite an env or a mount path. */
+export function mergeAllocation(response: ContainerAllocateResponse, extra: AllocationExtra): ContainerAllocateResponse {
+  const envs = { ...(response.envs ?? {}) };
+  for (const [name, value] of Object.entries(extra.envs ?? {})) {
+    if (name in envs && envs[name] !== value) throw new Error(`Environment variable ${name} would be set twice`);
+    envs[name] = value;
+  }
+  const mounts = [...(response.mounts ?? [])];
+  for (const mount of extra.mounts ?? []) {
+    if (mounts.some((m) => m.container_path === mount.container_path)) throw new Error(`Mount ${mount.container_path} would be made twice`);
+    mounts.push(mount);
+  }
+  return { ...response, envs, mounts };
+}
+
 /**
  * Resolves every container of one Allocate request. A group may appear in only
  * one container of a request: a VFIO group opens once.

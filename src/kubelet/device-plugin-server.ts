@@ -8,7 +8,7 @@ import { silentLogger } from '../log.js';
 import { RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import { devicePluginProto, HEALTHY, UNHEALTHY } from './proto.js';
-import { allocate, preferredAllocation, resolveDevices, type AdvertisedDevice } from './allocation.js';
+import { allocate, mergeAllocation, preferredAllocation, resolveDevices, type AdvertisedDevice, type AllocationExtra } from './allocation.js';
 import type { DevicePluginHandlers } from '../generated/v1beta1/DevicePlugin.js';
 import type { Device } from '../generated/v1beta1/Device.js';
 import type { ListAndWatchResponse } from '../generated/v1beta1/ListAndWatchResponse.js';
@@ -16,6 +16,12 @@ import type { Empty__Output } from '../generated/v1beta1/Empty.js';
 
 /** Runs before a container starts, after the groups were checked usable; throwing fails the start. */
 export type PreStartHook = (groups: IommuGroup[]) => Promise<void>;
+
+/**
+ * Adds to each container's Allocate response (the handoff mode's mount and env);
+ * one entry per container, in request order. Throwing refuses the Allocate.
+ */
+export type AllocationExtender = (containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
 
 /** Told after each successful Allocate, for metrics and preparation bookkeeping. */
 export type AllocateObserver = (containers: IommuGroup[][]) => void;
@@ -28,6 +34,7 @@ export interface DevicePluginServerOptions {
   preStartRequired: boolean;
   preStart?: PreStartHook;
   onAllocate?: AllocateObserver;
+  extendAllocation?: AllocationExtender;
   /** Name CDI devices in Allocate instead of returning device nodes. */
   cdi?: boolean;
   /** Told when a ListAndWatch stream ends while the server is still running. */
@@ -237,18 +244,33 @@ export class DevicePluginServer {
       },
 
       Allocate: (call, callback) => {
-        try {
-          const results = allocate(this.resourceName, call.request.container_requests, this.devices, { cdi: this.options.cdi === true });
-          this.logger.info(
-            { containers: results.map((r) => r.groups.map((g) => g.id)) },
-            'Allocated IOMMU groups',
-          );
-          this.options.onAllocate?.(results.map((r) => r.groups));
-          callback(null, { container_responses: results.map((r) => r.response) });
-        } catch (err) {
+        const refuse = (err: unknown) => {
           this.logger.warn({ err: (err as Error).message }, 'Refused Allocate');
           callback(statusOf(err));
+        };
+        let results: ReturnType<typeof allocate>;
+        try {
+          results = allocate(this.resourceName, call.request.container_requests, this.devices, { cdi: this.options.cdi === true });
+        } catch (err) {
+          refuse(err);
+          return;
         }
+        const finish = (extras: AllocationExtra[] | null) => {
+          try {
+            const responses = results.map((r, i) => (extras?.[i] ? mergeAllocation(r.response, extras[i]) : r.response));
+            this.logger.info({ containers: results.map((r) => r.groups.map((g) => g.id)) }, 'Allocated IOMMU groups');
+            this.options.onAllocate?.(results.map((r) => r.groups));
+            callback(null, { container_responses: responses });
+          } catch (err) {
+            refuse(err);
+          }
+        };
+        const extend = this.options.extendAllocation;
+        if (!extend) {
+          finish(null);
+          return;
+        }
+        extend(results.map((r) => r.groups)).then(finish, refuse);
       },
 
       PreStartContainer: (call, callback) => {

@@ -12,7 +12,8 @@ import { selectGroups, type SelectionConflict } from '../config/selection.js';
 import type { IommuGroup, Topology } from '../topology/types.js';
 import { groupHealth, type GroupHealth } from '../health/group-health.js';
 import type { AdvertisedDevice } from './allocation.js';
-import { DevicePluginServer, type PreStartHook } from './device-plugin-server.js';
+import { DevicePluginServer, type AllocationExtender, type PreStartHook } from './device-plugin-server.js';
+import type { AllocationExtra } from './allocation.js';
 import { registerWithKubelet } from './registration.js';
 import { KUBELET_SOCKET_NAME } from './proto.js';
 import type { CdiSpecWriter } from '../cdi/spec-writer.js';
@@ -39,6 +40,8 @@ export interface PluginManagerOptions {
   onRegistered?: (resource: string, reason: string) => void;
   /** Told once per new kubelet (a new kubelet.sock replaced the one we knew). */
   onKubeletRestart?: () => void;
+  /** Additions to Allocate's answer for handoff resources (the per-allocation mount and env). */
+  allocationExtender?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
   /** A group's health; defaults to the stateless rules of group-health.ts. */
   health?: (group: IommuGroup) => GroupHealth;
   /** Told after each successful Allocate with the groups of each container. */
@@ -88,6 +91,7 @@ class ResourceEndpoint {
     private readonly logger: Logger,
     cdi: boolean,
     onAllocate: ((containers: IommuGroup[][]) => void) | undefined,
+    extend: AllocationExtender | undefined,
   ) {
     this.retryDelay = opts.retryMinMs;
     const socketName = socketNameFor(opts.pluginDir, resource.name);
@@ -98,6 +102,7 @@ class ResourceEndpoint {
       cdi,
       ...(preStart ? { preStart } : {}),
       ...(onAllocate ? { onAllocate } : {}),
+      ...(extend ? { extendAllocation: extend } : {}),
       onStreamEnded: (tag) => this.streamEnded(tag),
       logger,
     });
@@ -245,6 +250,9 @@ export class PluginManager {
         this.logger.child({ resource: resource.name }),
         options.cdi !== undefined,
         onAllocate ? (containers) => onAllocate(resource.name, containers) : undefined,
+        options.allocationExtender && resource.preparation.mode === 'handoff'
+          ? (containers) => options.allocationExtender!(resource, containers)
+          : undefined,
       );
     });
   }

@@ -32,7 +32,10 @@ resources:
     selectors:
       vendors: ["10ee"]
     preparation:
-      mode: verify
+      mode: handoff              # the pod receives a container with its DMA window already mapped
+      handoff:
+        memorySize: 256Mi
+        claimTimeoutSeconds: 120
 `;
 
 export function simulatedNodeConfig(): FileConfig {

@@ -1,9 +1,11 @@
-// Keeps the topology current without a restart. Three sources, cheapest first:
+// Keeps the topology current without a restart. Four sources, cheapest first:
+// kernel uevents (driver bind/unbind, hot-plug, EEH recovery: each names a PCI
+// function or /dev/vfio/N, so only that group is rescanned; see uevents.ts),
 // inotify on /dev/vfio (devtmpfs reports nodes coming and going, named by
 // group number), inotify on /sys/kernel/iommu_groups (works on test trees; real
 // sysfs sends nothing), and a safety poll that fingerprints every group and
 // rescans only the ones whose fingerprint moved. All scans run one at a time
-// through a queue, so a watch event and a poll never interleave their updates.
+// through a queue, so an event and a poll never interleave their updates.
 import { EventEmitter } from 'node:events';
 import { watch, type FSWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -22,6 +24,14 @@ import {
   vfioDevDir,
 } from './scan.js';
 import type { DiscoveryIssue, DiscoveryRoots, IommuGroup, Topology, TopologyChange } from './types.js';
+import {
+  NetlinkUeventSource,
+  isRealSysfs,
+  targetOfUevent,
+  type Uevent,
+  type UeventLossError,
+  type UeventSource,
+} from './uevents.js';
 
 export interface TopologyWatcherOptions {
   /** Safety poll period; real sysfs sends no inotify events, so this bounds how stale a driver change can be. */
@@ -33,6 +43,13 @@ export interface TopologyWatcherOptions {
   onChange?: (change: TopologyChange) => void;
   /** Groups fingerprinted or scanned at once. */
   concurrency?: number;
+  /**
+   * Kernel uevents. Omitted: the netlink listener when the sysfs root is the
+   * kernel's sysfs, none on a test tree. Null: none.
+   */
+  uevents?: UeventSource | null;
+  /** Uevents arriving within this window are handled in one rescan (a bind comes with several). */
+  ueventDebounceMs?: number;
 }
 
 /** Counters for tests and metrics. */
@@ -43,6 +60,10 @@ export interface TopologyWatcherStats {
   groupRescans: number;
   /** Ids of the groups rescanned individually, most recent last (bounded). */
   recentRescans: number[];
+  /** Kernel uevents received (parsed; every subsystem). */
+  uevents: number;
+  /** A uevent source is delivering. */
+  ueventsActive: boolean;
 }
 
 type WatchName = 'devVfio' | 'iommuGroups';
@@ -54,6 +75,8 @@ interface ArmedWatch {
 }
 
 const RECENT_LIMIT = 64;
+/** Beyond this many unhandled uevents, one full fingerprint pass is cheaper than mapping each. */
+const PENDING_UEVENT_LIMIT = 4096;
 
 export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> {
   readonly #roots: DiscoveryRoots;
@@ -62,6 +85,10 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   readonly #log: Logger;
   readonly #onChange: ((change: TopologyChange) => void) | undefined;
   readonly #concurrency: number;
+  readonly #ueventDebounceMs: number;
+  /** Undefined: choose at start (netlink on real sysfs). */
+  readonly #ueventOption: UeventSource | null | undefined;
+  #uevents: UeventSource | null = null;
 
   #groups = new Map<number, IommuGroup>();
   #groupIssues = new Map<number, DiscoveryIssue[]>();
@@ -73,13 +100,16 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   #queue: Promise<unknown> = Promise.resolve();
   #pollTimer: NodeJS.Timeout | null = null;
   #debounceTimer: NodeJS.Timeout | null = null;
+  /** When the pending debounce timer fires (performance.now()). */
+  #debounceDue = 0;
+  #pendingUevents: Uevent[] = [];
   #watches = new Map<WatchName, ArmedWatch>();
   #pendingGroups = new Set<number>();
   #pendingAll = false;
   #pendingContainer = false;
   #started = false;
   #stopped = false;
-  #stats: TopologyWatcherStats = { fullScans: 0, polls: 0, groupRescans: 0, recentRescans: [] };
+  #stats: TopologyWatcherStats = { fullScans: 0, polls: 0, groupRescans: 0, recentRescans: [], uevents: 0, ueventsActive: false };
 
   constructor(roots: DiscoveryRoots, options: TopologyWatcherOptions = {}) {
     super();
@@ -89,6 +119,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#log = options.logger ?? silentLogger();
     this.#onChange = options.onChange;
     this.#concurrency = options.concurrency ?? 32;
+    this.#ueventDebounceMs = options.ueventDebounceMs ?? 2;
+    this.#ueventOption = options.uevents;
   }
 
   /** First full scan, then watches and the poll. Resolves with the first topology. */
@@ -96,10 +128,13 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     if (this.#started) return this.#topology;
     this.#started = true;
     this.#stopped = false;
+    // Listen before the first scan: an event during the scan queues a rescan behind it.
+    await this.#startUevents();
     try {
       await this.#enqueue(() => this.#fullScan(false));
     } catch (err) {
       this.#started = false;
+      this.#stopUevents();
       throw err;
     }
     if (!this.#stopped) {
@@ -115,7 +150,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   }
 
   stats(): TopologyWatcherStats {
-    return { ...this.#stats, recentRescans: [...this.#stats.recentRescans] };
+    return { ...this.#stats, recentRescans: [...this.#stats.recentRescans], ueventsActive: this.#uevents !== null };
   }
 
   /** Full rescan now; emits `'change'` when something changed and returns the change either way. */
@@ -132,6 +167,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#pollTimer = null;
     this.#debounceTimer = null;
     for (const name of [...this.#watches.keys()]) this.#disarm(name);
+    this.#stopUevents();
+    this.#pendingUevents = [];
     this.#pendingGroups.clear();
     this.#pendingAll = false;
     await this.#queue;
@@ -326,32 +363,137 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     else if (source === 'devVfio' && name === 'vfio') this.#pendingContainer = true;
     // Unnamed events or other names: let the cheap poll sort it out.
     else this.#pendingAll = true;
-    if (this.#debounceTimer !== null) return;
+    this.#scheduleFlush(this.#debounceMs);
+  }
+
+  /** Flush within `delayMs`: an earlier deadline wins over a pending later one. */
+  #scheduleFlush(delayMs: number): void {
+    const due = performance.now() + delayMs;
+    if (this.#debounceTimer !== null) {
+      if (this.#debounceDue <= due) return;
+      clearTimeout(this.#debounceTimer);
+    }
+    this.#debounceDue = due;
     this.#debounceTimer = setTimeout(() => {
       this.#debounceTimer = null;
       this.#enqueue(() => this.#flush()).catch((err: unknown) =>
-        this.#log.error({ err }, 'Rescan after a watch event failed; the poll will retry'),
+        this.#log.error({ err }, 'Rescan after a watch event or uevent failed; the poll will retry'),
       );
-    }, this.#debounceMs);
+    }, delayMs);
+  }
+
+  // ---- kernel uevents -------------------------------------------------------
+
+  async #startUevents(): Promise<void> {
+    let source = this.#ueventOption;
+    if (source === undefined) {
+      source = (await isRealSysfs(this.#roots)) ? new NetlinkUeventSource({ logger: this.#log }) : null;
+    }
+    if (source === null || this.#stopped) return;
+    try {
+      source.start(
+        (event) => this.#onUevent(event),
+        (err) => this.#onUeventLost(err),
+      );
+      this.#uevents = source;
+      this.#log.debug({ source: source.kind }, 'Listening to kernel uevents');
+    } catch (err) {
+      // Once per start: the poll still finds every change, only later.
+      this.#log.warn(
+        { err, source: source.kind, pollIntervalMs: this.#pollIntervalMs },
+        'Kernel uevents are unavailable; driver and EEH changes are found by the safety poll only',
+      );
+    }
+  }
+
+  #stopUevents(): void {
+    const source = this.#uevents;
+    this.#uevents = null;
+    if (source === null) return;
+    try {
+      source.stop();
+    } catch (err) {
+      this.#log.debug({ err }, 'Stopping the uevent source failed');
+    }
+  }
+
+  #onUevent(event: Uevent): void {
+    if (this.#stopped) return;
+    this.#stats.uevents++;
+    if (this.#pendingUevents.length >= PENDING_UEVENT_LIMIT) {
+      this.#pendingUevents = [];
+      this.#pendingAll = true;
+    } else if (!this.#pendingAll) {
+      this.#pendingUevents.push(event);
+    }
+    this.#scheduleFlush(this.#ueventDebounceMs);
+  }
+
+  #onUeventLost(err: UeventLossError): void {
+    if (this.#stopped) return;
+    if (err.fatal) {
+      this.#uevents = null;
+      this.#log.warn({ err }, 'The kernel uevent listener stopped; the safety poll takes over');
+    } else {
+      this.#log.warn({ err }, 'Kernel uevents were lost; checking every group');
+    }
+    this.#pendingUevents = [];
+    this.#pendingAll = true;
+    this.#scheduleFlush(this.#ueventDebounceMs);
+  }
+
+  /** Turn pending uevents into pending groups (or a full pass). */
+  async #mapUevents(): Promise<Set<number>> {
+    const events = this.#pendingUevents;
+    this.#pendingUevents = [];
+    const ids = new Set<number>();
+    if (events.length === 0) return ids;
+    let byFunction: Map<string, number[]> | null = null;
+    const groupsOfFunction = (address: string): number[] => {
+      if (byFunction === null) {
+        byFunction = new Map();
+        for (const g of this.#groups.values()) {
+          for (const f of g.functions) byFunction.set(f.address, [...(byFunction.get(f.address) ?? []), g.id]);
+        }
+      }
+      return byFunction.get(address) ?? [];
+    };
+    const ctx = { roots: this.#roots, groupsOfFunction };
+    const targets = await mapLimit(events, this.#concurrency, (e) => targetOfUevent(e, ctx));
+    targets.forEach((t, i) => {
+      const e = events[i] as Uevent;
+      if (t.kind === 'none') return;
+      this.#log.debug({ action: e.action, subsystem: e.subsystem, devpath: e.devpath, target: t }, 'Kernel uevent');
+      if (t.kind === 'groups') for (const id of t.groups) ids.add(id);
+      else if (t.kind === 'container') this.#pendingContainer = true;
+      else this.#pendingAll = true;
+    });
+    return ids;
   }
 
   async #flush(): Promise<void> {
     if (this.#stopped) return;
+    const fromUevents = await this.#mapUevents();
+    if (this.#stopped) return;
+    const fromWatches = this.#pendingGroups.size;
     const all = this.#pendingAll;
-    const ids = [...this.#pendingGroups].sort((a, b) => a - b);
+    const ids = [...new Set([...this.#pendingGroups, ...fromUevents])].sort((a, b) => a - b);
     const container = this.#pendingContainer;
     this.#pendingAll = false;
     this.#pendingContainer = false;
     this.#pendingGroups.clear();
-    if (all) {
-      await this.#poll();
-      return;
+    if (ids.length === 0 && !container && !all) return;
+    // Named groups are rescanned even when their fingerprint did not move: a
+    // uevent can report what the fingerprint does not cover.
+    const dev = ids.length > 0 || !all ? await listVfioDevNodes(this.#roots) : null;
+    if (dev !== null && ids.length > 0) {
+      const prints = new Map<number, string | null>();
+      await Promise.all(ids.map(async (id) => prints.set(id, await this.#fingerprint(id, dev.groups.has(id)))));
+      const reason = fromUevents.size === 0 ? 'watch' : fromWatches === 0 ? 'uevent' : 'watch,uevent';
+      await this.#rescanGroups(ids, reason, prints);
     }
-    if (ids.length === 0 && !container) return;
-    const dev = await listVfioDevNodes(this.#roots);
-    const prints = new Map<number, string | null>();
-    await Promise.all(ids.map(async (id) => prints.set(id, await this.#fingerprint(id, dev.groups.has(id)))));
-    await this.#rescanGroups(ids, 'watch', prints);
-    this.#publish(dev.containerNode, true);
+    // Otherwise the cheap pass over every group, which publishes itself.
+    if (all) await this.#poll();
+    else if (dev !== null) this.#publish(dev.containerNode, true);
   }
 }

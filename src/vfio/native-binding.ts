@@ -4,6 +4,7 @@
 // VfioError (negative errno, code, syscall, path, ioctl) like Node's own.
 import { createRequire } from 'node:module';
 import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -80,8 +81,14 @@ const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export function loadNativeAddon(addonPath: string | undefined = process.env['PVDP_VFIO_ADDON']): NativeAddon {
   const require = createRequire(import.meta.url);
   if (addonPath) return require(addonPath) as NativeAddon;
-  const nodeGypBuild = require('node-gyp-build') as (dir: string) => NativeAddon;
-  return nodeGypBuild(repoRoot);
+  // By exact name: build/Release holds more than one addon (the uevent monitor
+  // too), and a loader that takes the first *.node found could pick the wrong one.
+  const candidates = ['Release', 'Debug'].map((dir) => join(repoRoot, 'build', dir, 'vfio_native.node'));
+  const found = candidates.find((file) => existsSync(file));
+  if (!found) {
+    throw new Error(`the VFIO addon is not built (looked for ${candidates.join(', ')}): run npm ci or npm run build:native`);
+  }
+  return require(found) as NativeAddon;
 }
 
 interface RawError {

@@ -125,7 +125,7 @@ describe('Dockerfile', () => {
     const at = (re: RegExp) => runs.findIndex((r) => re.test(r));
     const ci = at(/\bnpm ci\b/);
     const build = at(/\bnpm run build\b/);
-    const load = at(/node-gyp-build/);
+    const load = at(/vfio_native\.node/);
     const prune = at(/\bnpm prune --omit=dev\b/);
     expect(ci).toBeGreaterThanOrEqual(0);
     expect(runs[ci]).not.toMatch(/--ignore-scripts/);
@@ -148,7 +148,7 @@ describe('Dockerfile', () => {
     expect(JSON.parse(entrypoint!.args)).toEqual(['node', `/app/${pkg.bin['power-vfio-device-plugin']}`]);
     expect(JSON.parse(steps.find((s) => s.op === 'CMD')!.args)).toEqual(['run']);
     // The runtime tree is assembled from dist/, proto/ (read at run time), node_modules/ and package.json.
-    expect(dockerfile).toMatch(/cp -a package\.json dist proto node_modules \/out\//);
+    expect(dockerfile).toMatch(/cp -a package\.json README\.md dist proto clients docs node_modules \/out\//);
     expect(dockerfile).toMatch(/cp -a build\/Release \/out\/build\//);
     // Every bin is linked onto PATH from package.json, so the workload client comes along when it is added.
     expect(dockerfile).toMatch(/require\('\/app\/package\.json'\)[^\n]*symlinkSync\('\/app\/'\+f,'\/usr\/local\/bin\/'\+n\)/);

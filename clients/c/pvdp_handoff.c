@@ -1,0 +1,350 @@
+/* The handoff client in C (see pvdp_handoff.h and docs/handoff-protocol.md). */
+#define _GNU_SOURCE
+#include "pvdp_handoff.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_RESPONSE (1u << 20)
+#define MAX_FDS 253
+#define MAX_DEPTH 32
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* ---- a tiny JSON reader: enough for our own description, bounded and defensive ---- */
+
+static const char *ws(const char *p) {
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    return p;
+}
+
+/* Returns the first character after the string starting at p ('"'), or NULL. */
+static const char *skip_string(const char *p) {
+    if (*p != '"') return NULL;
+    for (p++; *p; p++) {
+        if (*p == '\\') {
+            if (!p[1]) return NULL;
+            p++;
+        } else if (*p == '"') {
+            return p + 1;
+        }
+    }
+    return NULL;
+}
+
+static const char *skip_value(const char *p, int depth) {
+    p = ws(p);
+    if (depth > MAX_DEPTH) return NULL;
+    if (*p == '"') return skip_string(p);
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        p = ws(p + 1);
+        if (*p == close) return p + 1;
+        for (;;) {
+            if (close == '}') {
+                p = skip_string(ws(p));
+                if (!p) return NULL;
+                p = ws(p);
+                if (*p != ':') return NULL;
+                p++;
+            }
+            p = skip_value(p, depth + 1);
+            if (!p) return NULL;
+            p = ws(p);
+            if (*p == ',') { p++; continue; }
+            if (*p == close) return p + 1;
+            return NULL;
+        }
+    }
+    if (*p == '-' || (*p >= '0' && *p <= '9')) {
+        while (*p == '-' || *p == '+' || *p == '.' || *p == 'e' || *p == 'E' || (*p >= '0' && *p <= '9')) p++;
+        return p;
+    }
+    if (!strncmp(p, "true", 4)) return p + 4;
+    if (!strncmp(p, "false", 5)) return p + 5;
+    if (!strncmp(p, "null", 4)) return p + 4;
+    return NULL;
+}
+
+/* Copies the string at p into buf (NUL-terminated); 0 on success. \u escapes become '?'. */
+static int get_string(const char *p, char *buf, size_t len) {
+    size_t n = 0;
+    p = ws(p);
+    if (*p != '"' || len == 0) return -1;
+    for (p++; *p && *p != '"'; p++) {
+        char c = *p;
+        if (c == '\\') {
+            p++;
+            switch (*p) {
+            case 'n': c = '\n'; break;
+            case 't': c = '\t'; break;
+            case 'r': c = '\r'; break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'u': c = '?'; if (strlen(p) < 5) return -1; p += 4; break;
+            case '"': case '\\': case '/': c = *p; break;
+            default: return -1;
+            }
+        }
+        if (n + 1 >= len) return -1;
+        buf[n++] = c;
+    }
+    if (*p != '"') return -1;
+    buf[n] = 0;
+    return 0;
+}
+
+/* The value of key in the object at p, or NULL. */
+static const char *obj_get(const char *p, const char *key) {
+    char name[64];
+    p = ws(p);
+    if (!p || *p != '{') return NULL;
+    p = ws(p + 1);
+    if (*p == '}') return NULL;
+    for (;;) {
+        const char *k = ws(p);
+        const char *after = skip_string(k);
+        if (!after) return NULL;
+        int match = get_string(k, name, sizeof name) == 0 && strcmp(name, key) == 0;
+        p = ws(after);
+        if (*p != ':') return NULL;
+        p = ws(p + 1);
+        if (match) return p;
+        p = skip_value(p, 1);
+        if (!p) return NULL;
+        p = ws(p);
+        if (*p != ',') return NULL;
+        p++;
+    }
+}
+
+/* Element i of the array at p, or NULL. */
+static const char *arr_at(const char *p, int i) {
+    p = ws(p);
+    if (!p || *p != '[') return NULL;
+    p = ws(p + 1);
+    if (*p == ']') return NULL;
+    for (int n = 0;; n++) {
+        p = ws(p);
+        if (n == i) return p;
+        p = skip_value(p, 1);
+        if (!p) return NULL;
+        p = ws(p);
+        if (*p != ',') return NULL;
+        p++;
+    }
+}
+
+static int arr_len(const char *p) {
+    int n = 0;
+    if (!p || *ws(p) != '[') return -1;
+    while (arr_at(p, n)) n++;
+    return n;
+}
+
+static int get_int(const char *p, int *out) {
+    char *end;
+    long v;
+    if (!p) return -1;
+    p = ws(p);
+    errno = 0;
+    v = strtol(p, &end, 10);
+    if (end == p || errno || v < -2147483647L || v > 2147483647L) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int get_hex(const char *p, uint64_t *out) {
+    char buf[24], *end;
+    if (!p || get_string(p, buf, sizeof buf) || strncmp(buf, "0x", 2) || !buf[2]) return -1;
+    errno = 0;
+    *out = strtoull(buf + 2, &end, 16);
+    return (*end || errno) ? -1 : 0;
+}
+
+static int get_bool(const char *p, int *out) {
+    if (!p) return -1;
+    p = ws(p);
+    if (!strncmp(p, "true", 4)) { *out = 1; return 0; }
+    if (!strncmp(p, "false", 5)) { *out = 0; return 0; }
+    return -1;
+}
+
+/* ---- the claim ---- */
+
+static void close_all(int *fds, int n) {
+    for (int i = 0; i < n; i++) if (fds[i] >= 0) close(fds[i]);
+}
+
+static int parse_description(const char *d, struct pvdp_handoff *h, int nfds, char *err, size_t errlen) {
+    const char *v;
+    const char *window = obj_get(d, "window"), *memory = obj_get(d, "memory"), *iommu = obj_get(d, "iommu");
+    const char *groups = obj_get(d, "groups"), *ranges = obj_get(d, "ranges");
+    if (get_int(obj_get(d, "protocol"), &h->protocol) || h->protocol != PVDP_HANDOFF_PROTOCOL)
+        return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the description's protocol is not %d", PVDP_HANDOFF_PROTOCOL);
+    if (!window || !memory || !iommu || !groups || !ranges)
+        return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the description lacks window, memory, iommu, groups or ranges");
+    if ((v = obj_get(d, "resource")) && get_string(v, h->resource, sizeof h->resource)) h->resource[0] = 0;
+    if (get_string(obj_get(iommu, "type"), h->iommu_type, sizeof h->iommu_type) || get_int(obj_get(iommu, "value"), &h->iommu_value) ||
+        get_hex(obj_get(window, "start"), &h->window_start) || get_hex(obj_get(window, "size"), &h->window_size) ||
+        get_int(obj_get(window, "pageShift"), &h->iommu_page_shift) || get_hex(obj_get(window, "pageSize"), &h->iommu_page_size) ||
+        get_bool(obj_get(window, "created"), &h->window_created) || get_hex(obj_get(memory, "size"), &h->memory_size) ||
+        get_hex(obj_get(memory, "pageSize"), &h->memory_page_size) || get_bool(obj_get(memory, "hugetlb"), &h->hugetlb))
+        return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: a field of iommu, window or memory is missing or mistyped");
+    h->ngroups = arr_len(groups);
+    h->nranges = arr_len(ranges);
+    if (h->ngroups < 1 || h->ngroups > PVDP_HANDOFF_MAX_GROUPS || h->nranges < 0 || h->nranges > PVDP_HANDOFF_MAX_RANGES)
+        return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: %d groups and %d ranges are outside this client's limits", h->ngroups, h->nranges);
+    if (nfds != 2 + h->ngroups)
+        return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: %d fds arrived for %d groups", nfds, h->ngroups);
+    for (int i = 0; i < h->ngroups; i++) {
+        struct pvdp_handoff_group *g = &h->groups[i];
+        const char *gv = arr_at(groups, i), *fns;
+        int index;
+        if (get_int(obj_get(gv, "group"), &g->group) || get_int(obj_get(gv, "fdIndex"), &index) || index != 2 + i || !(fns = obj_get(gv, "functions")))
+            return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: groups[%d] is invalid", i);
+        g->nfunctions = arr_len(fns);
+        if (g->nfunctions < 0 || g->nfunctions > PVDP_HANDOFF_MAX_FUNCTIONS)
+            return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: groups[%d] has too many functions", i);
+        for (int f = 0; f < g->nfunctions; f++)
+            if (get_string(arr_at(fns, f), g->functions[f], sizeof g->functions[f]))
+                return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: groups[%d].functions[%d] is invalid", i, f);
+    }
+    for (int i = 0; i < h->nranges; i++) {
+        struct pvdp_handoff_range *r = &h->ranges[i];
+        const char *rv = arr_at(ranges, i);
+        if (get_hex(obj_get(rv, "iova"), &r->iova) || get_hex(obj_get(rv, "size"), &r->size) || get_hex(obj_get(rv, "offset"), &r->offset))
+            return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: ranges[%d] is invalid", i);
+        if (r->iova < h->window_start || r->size > h->window_size || r->iova - h->window_start > h->window_size - r->size ||
+            r->offset > h->memory_size || r->size > h->memory_size - r->offset)
+            return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: ranges[%d] lies outside the window or the memory", i);
+    }
+    return 0;
+}
+
+int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen) {
+    struct sockaddr_un addr;
+    struct timeval tv;
+    static const char request[] = "{\"protocol\":1,\"request\":\"claim\"}\n";
+    int fds[MAX_FDS];
+    int nfds = 0, s, rc = -1;
+    size_t len = 0;
+    char *buf = NULL, *nl = NULL;
+
+    if (!out) return fail(err, errlen, "PVDP_HANDOFF_USAGE: out is NULL");
+    memset(out, 0, sizeof *out);
+    out->container_fd = out->memory_fd = -1;
+    if (!socket_path || !*socket_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: no socket path (is PVDP_HANDOFF_SOCKET set?)");
+    if (strlen(socket_path) >= sizeof addr.sun_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: socket path too long");
+    s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return fail(err, errlen, "PVDP_HANDOFF_CONNECT: socket: %s", strerror(errno));
+    tv.tv_sec = timeout_ms / 1000;
+    tv.tv_usec = (timeout_ms % 1000) * 1000;
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strcpy(addr.sun_path, socket_path);
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int e = errno;
+        close(s);
+        return fail(err, errlen, "%s: cannot connect to %s: %s%s", (e == ENOENT || e == ECONNREFUSED) ? "PVDP_HANDOFF_NO_SOCKET" : "PVDP_HANDOFF_CONNECT",
+                    socket_path, strerror(e), e == ENOENT ? " (already claimed, not prepared, or the plugin restarted: restart the container)" : "");
+    }
+    if (send(s, request, sizeof request - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof request - 1)) {
+        fail(err, errlen, "PVDP_HANDOFF_CONNECT: send: %s", strerror(errno));
+        goto out;
+    }
+    buf = malloc(MAX_RESPONSE + 1);
+    if (!buf) { fail(err, errlen, "PVDP_HANDOFF_INTERNAL: out of memory"); goto out; }
+    while (!nl) {
+        union { struct cmsghdr align; char bytes[CMSG_SPACE(sizeof(int) * MAX_FDS)]; } control;
+        struct iovec iov = { buf + len, MAX_RESPONSE - len };
+        struct msghdr msg;
+        ssize_t n;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.bytes;
+        msg.msg_controllen = sizeof control.bytes;
+        if (iov.iov_len == 0) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the response is longer than 1 MiB"); goto out; }
+        do n = recvmsg(s, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+        if (n < 0) {
+            fail(err, errlen, "%s: recvmsg: %s", errno == EAGAIN ? "PVDP_HANDOFF_TIMEOUT" : "PVDP_HANDOFF_CONNECT", strerror(errno));
+            goto out;
+        }
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+            int count = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < count; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+                if (nfds < MAX_FDS) fds[nfds++] = fd; else close(fd);
+            }
+        }
+        if (n == 0) { fail(err, errlen, "PVDP_HANDOFF_CONNECTION_CLOSED: the plugin closed the connection without an answer"); goto out; }
+        len += (size_t)n;
+        buf[len] = 0;
+        nl = memchr(buf, '\n', len);
+    }
+    *nl = 0;
+    {
+        char result[16], code[64], message[512];
+        const char *v = obj_get(buf, "result");
+        if (!v || get_string(v, result, sizeof result)) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the answer has no result"); goto out; }
+        if (!strcmp(result, "error")) {
+            const char *e = obj_get(buf, "error");
+            if (get_string(obj_get(e, "code"), code, sizeof code)) strcpy(code, "PVDP_HANDOFF_INTERNAL");
+            if (get_string(obj_get(e, "message"), message, sizeof message)) strcpy(message, "the plugin refused the claim");
+            fail(err, errlen, "%s: %s", code, message);
+            goto out;
+        }
+        v = obj_get(buf, "description");
+        if (strcmp(result, "claimed") || !v) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: unexpected result \"%s\"", result); goto out; }
+        if (parse_description(v, out, nfds, err, errlen)) goto out;
+        const char *end = skip_value(v, 0);
+        if (!end) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the description is not valid JSON"); goto out; }
+        out->description_json = strndup(v, (size_t)(end - v));
+    }
+    out->container_fd = fds[0];
+    out->memory_fd = fds[1];
+    for (int i = 0; i < out->ngroups; i++) out->groups[i].fd = fds[2 + i];
+    nfds = 0; /* owned by *out now */
+    rc = 0;
+out:
+    close_all(fds, nfds);
+    if (rc != 0) {
+        int keep_errno = errno;
+        memset(out, 0, sizeof *out);
+        out->container_fd = out->memory_fd = -1;
+        errno = keep_errno;
+    }
+    free(buf);
+    close(s);
+    return rc;
+}
+
+void pvdp_handoff_close(struct pvdp_handoff *h) {
+    if (!h) return;
+    if (h->container_fd >= 0) close(h->container_fd);
+    if (h->memory_fd >= 0) close(h->memory_fd);
+    for (int i = 0; i < h->ngroups; i++) if (h->groups[i].fd >= 0) close(h->groups[i].fd);
+    free(h->description_json);
+    memset(h, 0, sizeof *h);
+    h->container_fd = h->memory_fd = -1;
+}

@@ -1,0 +1,124 @@
+// The workload's side of the handoff: connect to the socket the plugin serves
+// in the per-allocation directory, claim, and receive the container fd, the
+// memory fd and the group fds with their description. See
+// docs/handoff-protocol.md; clients/c/ holds the same in C.
+import {
+  FD_INDEX_CONTAINER,
+  FD_INDEX_FIRST_GROUP,
+  FD_INDEX_MEMORY,
+  HANDOFF_PROTOCOL_VERSION,
+  MAX_RESPONSE_BYTES,
+  encodeClaimRequest,
+  validateDescription,
+  HandoffProtocolError,
+  type HandoffDescription,
+} from './protocol.js';
+import { HandoffClaimError, retryAgain, unixClaimTransport, type ClaimTransport, type ClientChannel } from './transport.js';
+
+export { HandoffClaimError } from './transport.js';
+
+export interface ClaimedFds {
+  container: number;
+  memory: number;
+  /** In the order of `description.groups`. */
+  groups: number[];
+}
+
+export interface ClaimResult {
+  fds: ClaimedFds;
+  description: HandoffDescription;
+}
+
+export interface ClaimOptions {
+  /** Whole claim deadline (default 10 s). */
+  timeoutMs?: number;
+  /** Protocol version to ask for (tests of version errors). */
+  protocol?: number;
+  /** How to reach the socket; default real unix sockets with the native addon. */
+  transport?: ClaimTransport;
+}
+
+async function defaultTransport(): Promise<ClaimTransport> {
+  const { createNativeBinding } = await import('../vfio/native-binding.js');
+  return unixClaimTransport(createNativeBinding());
+}
+
+/**
+ * Claims the preparation served at `socketPath`. On success the caller owns
+ * the fds (close them, or keep them for the workload's lifetime: the kernel
+ * releases the container when the last of them closes). Throws
+ * HandoffClaimError with the plugin's error code otherwise; no fd is left open.
+ */
+export async function claim(socketPath: string, options: ClaimOptions = {}): Promise<ClaimResult> {
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const deadline = Date.now() + timeoutMs;
+  const transport = options.transport ?? (await defaultTransport());
+  const channel = await transport.connect(socketPath, timeoutMs);
+  try {
+    return await claimOn(channel, transport, deadline, options.protocol ?? HANDOFF_PROTOCOL_VERSION);
+  } finally {
+    await channel.close();
+  }
+}
+
+async function claimOn(channel: ClientChannel, transport: ClaimTransport, deadline: number, protocol: number): Promise<ClaimResult> {
+  const { io, fd } = channel;
+  const timeout = () => new HandoffClaimError('PVDP_HANDOFF_TIMEOUT', 'The plugin did not answer the claim in time');
+  await retryAgain(() => io.sendFds(fd, encodeClaimRequest(protocol), []), deadline, timeout);
+  const chunks: Buffer[] = [];
+  const fds: number[] = [];
+  let length = 0;
+  let line: Buffer | null = null;
+  try {
+    for (;;) {
+      const msg = await retryAgain(() => io.recvFds(fd, 65536, 253), deadline, timeout);
+      fds.push(...msg.fds);
+      if (msg.data.length === 0) break;
+      chunks.push(msg.data);
+      length += msg.data.length;
+      if (length > MAX_RESPONSE_BYTES) throw new HandoffClaimError('PVDP_HANDOFF_MALFORMED', `The response is longer than ${MAX_RESPONSE_BYTES} bytes`);
+      if (msg.data.includes(0x0a)) {
+        const all = Buffer.concat(chunks);
+        line = all.subarray(0, all.indexOf(0x0a));
+        break;
+      }
+    }
+    if (line === null) throw new HandoffClaimError('PVDP_HANDOFF_CONNECTION_CLOSED', 'The plugin closed the connection without a complete answer');
+    let response: { result?: unknown; error?: { code?: unknown; message?: unknown }; description?: unknown };
+    try {
+      response = JSON.parse(line.toString('utf8')) as typeof response;
+    } catch {
+      throw new HandoffClaimError('PVDP_HANDOFF_MALFORMED', 'The plugin answered with something that is not JSON');
+    }
+    if (response.result === 'error') {
+      const code = typeof response.error?.code === 'string' ? response.error.code : 'PVDP_HANDOFF_INTERNAL';
+      const message = typeof response.error?.message === 'string' ? response.error.message : 'The plugin refused the claim';
+      throw new HandoffClaimError(code, message);
+    }
+    if (response.result !== 'claimed') throw new HandoffClaimError('PVDP_HANDOFF_MALFORMED', 'The answer is neither "claimed" nor "error"');
+    let description: HandoffDescription;
+    try {
+      description = validateDescription(response.description, fds.length);
+    } catch (err) {
+      if (err instanceof HandoffProtocolError) throw new HandoffClaimError(err.code, err.message);
+      throw err;
+    }
+    const result: ClaimResult = {
+      fds: {
+        container: fds[FD_INDEX_CONTAINER]!,
+        memory: fds[FD_INDEX_MEMORY]!,
+        groups: fds.slice(FD_INDEX_FIRST_GROUP),
+      },
+      description,
+    };
+    return result;
+  } catch (err) {
+    for (const received of fds) await transport.closeFd(received).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** All claimed fds, in wire order. */
+export function claimedFdList(fds: ClaimedFds): number[] {
+  return [fds.container, fds.memory, ...fds.groups];
+}
