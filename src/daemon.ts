@@ -13,6 +13,7 @@ import type { NodeSnapshot } from './report/snapshot.js';
 import type { ResourceConfig } from './config/schema.js';
 import type { IommuGroup } from './topology/types.js';
 import { HealthTracker } from './health/health-tracker.js';
+import { serializeByGroup } from './prepare/serialize.js';
 import type { HandoffService } from './handoff/service.js';
 import type { AllocationExtra } from './kubelet/allocation.js';
 
@@ -47,6 +48,7 @@ export class Daemon {
   private recoveryTimer: NodeJS.Timeout | null = null;
   /** The first discovery finished (readiness). */
   discovered = false;
+  private stopping = false;
 
   constructor(settings: Settings, deps: DaemonDeps) {
     this.settings = settings;
@@ -61,7 +63,8 @@ export class Daemon {
     this.health = health;
     this.handoff = deps.handoff ?? null;
     const metrics = deps.metrics;
-    const preparer = deps.preparer && metrics ? this.measured(deps.preparer, metrics) : deps.preparer;
+    const serial = deps.preparer ? serializeByGroup(deps.preparer) : undefined;
+    const preparer = serial && metrics ? this.measured(serial, metrics) : serial;
     this.manager = new PluginManager({
       pluginDir: settings.devicePluginDir,
       resources: settings.resources,
@@ -142,10 +145,13 @@ export class Daemon {
   async start(): Promise<Topology> {
     this.watcher.on('change', (change: TopologyChange) => this.onChange(change));
     const topology = await this.watcher.start();
+    // A SIGTERM during discovery: stop() is already tearing down.
+    if (this.stopping) return topology;
     this.logTopology(topology);
     this.discovered = true;
     this.apply(topology);
     await this.handoff?.start();
+    if (this.stopping) return topology;
     await this.manager.start();
     return topology;
   }
@@ -156,6 +162,7 @@ export class Daemon {
   }
 
   private onChange(change: TopologyChange): void {
+    if (this.stopping) return;
     this.logger.info(
       { added: change.added, removed: change.removed, changed: change.changed },
       'IOMMU groups changed',
@@ -174,6 +181,7 @@ export class Daemon {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.recoveryTimer = null;
     await this.watcher.stop();

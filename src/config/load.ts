@@ -48,7 +48,15 @@ export function parseConfigText(text: string, source = 'configuration'): FileCon
     });
     throw new ConfigError(`Invalid ${source}:\n  ${problems.join('\n  ')}`, problems);
   }
-  return parseConfig(doc.toJS(), source);
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (err) {
+    // For example an alias bomb, which the YAML library stops.
+    const problem = `YAML: ${(err as Error).message}`;
+    throw new ConfigError(`Invalid ${source}:\n  ${problem}`, [problem]);
+  }
+  return parseConfig(value, source);
 }
 
 export async function loadConfigFile(path: string): Promise<FileConfig> {

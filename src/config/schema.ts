@@ -1,6 +1,7 @@
 // The configuration file's schema. Every field an operator can write is
 // declared here once; validation errors carry the path of the bad field.
 import { z } from 'zod';
+import { cdiKindProblem } from '../cdi/spec-writer.js';
 
 /** Kubernetes extended resource names: `<domain>/<name>`, outside kubernetes.io. */
 const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
@@ -41,9 +42,11 @@ const addressPattern = z
   .regex(/^[0-9a-fA-F*?]{1,4}:[0-9a-fA-F*?]{1,2}:[0-9a-fA-F*?]{1,2}\.[0-7*?]$|^\*$/, 'must be a PCI address like 0030:01:00.0, with optional * or ? globs')
   .transform((s) => s.toLowerCase());
 
+// Quoted hex only: YAML reads a bare 0030 as the number 30, which is not PHB 0x30.
 const domainId = z
-  .union([z.string().regex(/^(0x)?[0-9a-fA-F]{1,8}$/, 'must be a PCI domain in hex as in PCI addresses, for example "0030"'), z.number().int().min(0)])
-  .transform((v) => (typeof v === 'number' ? v : Number.parseInt(v.replace(/^0x/, ''), 16)));
+  .string({ error: 'must be a quoted hex PCI domain as in PCI addresses, for example "0030" (a bare 0030 reads as the number 30)' })
+  .regex(/^(0x)?[0-9a-fA-F]{1,8}$/, 'must be a PCI domain in hex as in PCI addresses, for example "0030"')
+  .transform((v) => Number.parseInt(v.replace(/^0x/, ''), 16));
 
 const listOf = <T extends z.ZodType>(item: T) => z.array(item).min(1, 'must list at least one value when present');
 
@@ -171,6 +174,10 @@ export const configSchema = z
   .superRefine((config, ctx) => {
     const seen = new Map<string, number>();
     config.resources.forEach((resource, index) => {
+      if (config.cdi?.enabled) {
+        const problem = cdiKindProblem(resource.name);
+        if (problem) ctx.addIssue({ code: 'custom', path: ['resources', index, 'name'], message: problem });
+      }
       const first = seen.get(resource.name);
       if (first !== undefined) {
         ctx.addIssue({

@@ -2,10 +2,12 @@
 // variables (PVDP_ + the flag in upper snake case), which win over the
 // configuration file, which wins over the defaults.
 import { parseArgs } from 'node:util';
+import { resolve } from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
 import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
+import { socketPathProblem } from '../kubelet/plugin-manager.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -153,6 +155,10 @@ export async function resolveSettings(
   if (!LOG_LEVELS.includes(level as LogLevel)) {
     throw new UsageError(`--log-level: "${level}" is not one of ${LOG_LEVELS.join(', ')}`);
   }
+  // Normal, absolute form: socket names are derived from it and the kubelet gets their base names.
+  const devicePluginDir = resolve(str('device-plugin-dir') ?? file.devicePluginDir ?? DEFAULT_DEVICE_PLUGIN_DIR);
+  const socketProblem = socketPathProblem(devicePluginDir, file.resources.map((r) => r.name));
+  if (socketProblem) throw new ConfigError(`Invalid --device-plugin-dir: ${socketProblem}`, [`device-plugin-dir: ${socketProblem}`]);
   const metricsPortText = str('metrics-port') ?? '9101';
   let metricsPort: number | null = null;
   if (metricsPortText !== 'off') {
@@ -166,7 +172,7 @@ export async function resolveSettings(
     configFile,
     sysfsRoot: str('sysfs-root') ?? file.sysfsRoot ?? '/',
     devRoot: str('dev-root') ?? file.devRoot ?? '/',
-    devicePluginDir: str('device-plugin-dir') ?? file.devicePluginDir ?? DEFAULT_DEVICE_PLUGIN_DIR,
+    devicePluginDir,
     podResourcesSocket: str('pod-resources-socket') ?? file.podResourcesSocket ?? DEFAULT_POD_RESOURCES_SOCKET,
     pollIntervalMs: Math.round(pollSeconds * 1000),
     logLevel: level as LogLevel,

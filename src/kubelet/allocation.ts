@@ -16,9 +16,9 @@ export interface AdvertisedDevice {
 /** Host and container path of the VFIO container node. */
 export const VFIO_CONTAINER_PATH = '/dev/vfio/vfio';
 
-/** `ibm.com/nvme-fast` -> `IBM_COM_NVME_FAST`, as KubeVirt and peers spell it. */
+/** `ibm.com/nvme-fast` -> `IBM_COM_NVME-FAST`: upper case, `/` and `.` as `_`, as KubeVirt looks it up. */
 export function resourceEnvSuffix(resourceName: string): string {
-  return resourceName.toUpperCase().replace(/[^A-Z0-9]/g, '_');
+  return resourceName.toUpperCase().replace(/[/.]/g, '_');
 }
 
 export function pciResourceEnvName(resourceName: string): string {

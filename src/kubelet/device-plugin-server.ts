@@ -2,10 +2,11 @@
 // the kubelet's device-plugins directory. It speaks the wire contract and
 // delegates: allocation rules to ./allocation.ts, preparation to an injected hook.
 import { stat, unlink } from 'node:fs/promises';
+import { connect } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import { RequestError } from '../errors.js';
+import { PluginError, RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import { devicePluginProto, HEALTHY, UNHEALTHY } from './proto.js';
 import { allocate, mergeAllocation, preferredAllocation, resolveDevices, type AdvertisedDevice, type AllocationExtra } from './allocation.js';
@@ -66,6 +67,20 @@ function statusOf(err: unknown): grpc.StatusObject {
   }
   const message = err instanceof Error ? err.message : String(err);
   return { code: grpc.status.INTERNAL, details: message, metadata: new grpc.Metadata() };
+}
+
+/** True when something accepts connections on the unix socket at `path`. */
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    const done = (answer: boolean) => {
+      socket.destroy();
+      resolve(answer);
+    };
+    socket.setTimeout(1000, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }
 
 export class DevicePluginServer {
@@ -133,6 +148,13 @@ export class DevicePluginServer {
   async start(): Promise<void> {
     if (this.server) throw new Error(`Server for ${this.resourceName} is already started`);
     this.stopping = false;
+    // A socket file someone still answers on is another plugin's, not a stale one of ours.
+    if (await socketAnswers(this.socketPath)) {
+      throw new PluginError(
+        'PVDP_ERR_REGISTRATION',
+        `Another process serves ${this.socketPath}: is a second copy of the plugin running on this node?`,
+      );
+    }
     await unlink(this.socketPath).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOENT') throw err;
     });
@@ -219,28 +241,20 @@ export class DevicePluginServer {
       },
 
       GetPreferredAllocation: (call, callback) => {
-        try {
-          const requests = call.request.container_requests;
-          if (requests.length === 0) {
-            throw new RequestError('PVDP_ERR_INVALID_REQUEST', 'invalid', 'GetPreferredAllocation request has no container requests');
+        // The answer is advice: the kubelet rejects the pod on an error, so odd
+        // input is cleaned (unknown and repeated IDs dropped, the size clamped),
+        // never refused.
+        const container_responses = call.request.container_requests.map((req) => {
+          const mustInclude = [...new Set(req.must_include_deviceIDs)].filter((id) => this.devices.has(id));
+          const dropped = req.must_include_deviceIDs.length - mustInclude.length;
+          if (dropped > 0) {
+            this.logger.warn({ dropped }, 'GetPreferredAllocation named unknown or repeated must-include IDs; ignored them');
           }
-          const container_responses = requests.map((req) => {
-            const size = req.allocation_size;
-            if (!Number.isInteger(size) || size < 0 || size > 65536) {
-              throw new RequestError('PVDP_ERR_INVALID_REQUEST', 'invalid', `allocation_size ${size} is out of range`);
-            }
-            // Must-include IDs are validated like an Allocate (health aside: the kubelet decides).
-            if (req.must_include_deviceIDs.length > 0) {
-              resolveDevices(this.resourceName, req.must_include_deviceIDs, this.devices, { requireHealthy: false });
-            }
-            const known = req.available_deviceIDs.filter((id) => this.devices.has(id));
-            return { deviceIDs: preferredAllocation(known, req.must_include_deviceIDs, size, this.devices) };
-          });
-          callback(null, { container_responses });
-        } catch (err) {
-          this.logger.warn({ err: (err as Error).message }, 'Refused GetPreferredAllocation');
-          callback(statusOf(err));
-        }
+          const known = req.available_deviceIDs.filter((id) => this.devices.has(id));
+          const size = Number.isInteger(req.allocation_size) ? Math.max(0, Math.min(req.allocation_size, known.length + mustInclude.length)) : 0;
+          return { deviceIDs: preferredAllocation(known, mustInclude, size, this.devices) };
+        });
+        callback(null, { container_responses });
       },
 
       Allocate: (call, callback) => {
@@ -259,7 +273,12 @@ export class DevicePluginServer {
           try {
             const responses = results.map((r, i) => (extras?.[i] ? mergeAllocation(r.response, extras[i]) : r.response));
             this.logger.info({ containers: results.map((r) => r.groups.map((g) => g.id)) }, 'Allocated IOMMU groups');
-            this.options.onAllocate?.(results.map((r) => r.groups));
+            try {
+              this.options.onAllocate?.(results.map((r) => r.groups));
+            } catch (err) {
+              // Bookkeeping (metrics) never fails an allocation.
+              this.logger.error({ err: (err as Error).message }, 'Allocate observer failed');
+            }
             callback(null, { container_responses: responses });
           } catch (err) {
             refuse(err);

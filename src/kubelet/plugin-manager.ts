@@ -4,7 +4,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import type { ResourceConfig } from '../config/schema.js';
@@ -34,6 +34,8 @@ export interface PluginManagerOptions {
   retryMaxMs?: number;
   /** Register deadline; the kubelet's own dial back allows 10 s. */
   registerTimeoutMs?: number;
+  /** How long to wait for the kubelet's ListAndWatch after registering before registering again. */
+  streamWatchdogMs?: number;
   /** When set, CDI specs are kept in step with the advertised groups and Allocate names CDI devices. */
   cdi?: CdiSpecWriter;
   /** Told on every successful registration, for metrics. */
@@ -54,11 +56,26 @@ export interface AdvertisedSnapshot {
   conflicts: SelectionConflict[];
 }
 
+/** A stream that ends within this time of its registration counts as flapping. */
+const FLAP_WINDOW_MS = 30_000;
+
+/** Longest unix socket path the kernel takes (sun_path is 108 bytes with its NUL). */
+export const MAX_SOCKET_PATH = 107;
+
 /** A socket name unique per resource, short enough for the 108-byte socket path limit. */
 export function socketNameFor(pluginDir: string, resource: string): string {
   const readable = `pvdp-${resource.replace(/[^A-Za-z0-9.-]/g, '_')}.sock`;
   if (Buffer.byteLength(join(pluginDir, readable)) <= 100) return readable;
   return `pvdp-${createHash('sha256').update(resource).digest('hex').slice(0, 16)}.sock`;
+}
+
+/** Why the directory cannot hold our sockets and the kubelet's, or null when it can. */
+export function socketPathProblem(pluginDir: string, resources: readonly string[]): string | null {
+  const paths = [join(pluginDir, KUBELET_SOCKET_NAME), ...resources.map((r) => join(pluginDir, socketNameFor(pluginDir, r)))];
+  const long = paths.find((p) => Buffer.byteLength(p) > MAX_SOCKET_PATH);
+  return long
+    ? `the socket path ${long} is ${Buffer.byteLength(long)} bytes; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a shorter device-plugins directory`
+    : null;
 }
 
 async function fileIdentity(path: string): Promise<string | null> {
@@ -80,12 +97,18 @@ class ResourceEndpoint {
   private retryTimer: NodeJS.Timeout | null = null;
   private retryDelay: number;
   private closed = false;
+  /** When the last registration succeeded, to tell a flapping stream from a long-lived one. */
+  private registeredAt = 0;
+  /** Delay before re-registering after a stream that ended soon after registration. */
+  private flapDelay = 0;
+  private flapTimer: NodeJS.Timeout | null = null;
+  private watchdog: NodeJS.Timeout | null = null;
   registrations = 0;
 
   constructor(
     readonly resource: ResourceConfig,
     private readonly manager: PluginManager,
-    private readonly opts: Required<Pick<PluginManagerOptions, 'pluginDir' | 'retryMinMs' | 'retryMaxMs' | 'registerTimeoutMs'>> &
+    private readonly opts: Required<Pick<PluginManagerOptions, 'pluginDir' | 'retryMinMs' | 'retryMaxMs' | 'registerTimeoutMs' | 'streamWatchdogMs'>> &
       Pick<PluginManagerOptions, 'onRegistered'>,
     preStart: PreStartHook | undefined,
     private readonly logger: Logger,
@@ -153,7 +176,7 @@ class ResourceEndpoint {
       this.server.streamTag = this.generation;
       await registerWithKubelet({
         kubeletSocket: this.kubeletSocket,
-        endpoint: this.server.socketPath.slice(this.opts.pluginDir.length).replace(/^\/+/, ''),
+        endpoint: basename(this.server.socketPath),
         resourceName: this.resource.name,
         options: {
           pre_start_required: this.resource.preparation.mode !== 'none',
@@ -164,9 +187,11 @@ class ResourceEndpoint {
       this.registeredKubelet = kubelet;
       this.failedKubelet = null;
       this.registrations += 1;
+      this.registeredAt = Date.now();
       this.retryDelay = this.opts.retryMinMs;
       this.logger.info({ reason, registrations: this.registrations }, 'Registered with the kubelet');
       this.opts.onRegistered?.(this.resource.name, reason);
+      this.armWatchdog();
     } catch (err) {
       this.registeredKubelet = null;
       this.failedKubelet = kubelet;
@@ -196,16 +221,48 @@ class ResourceEndpoint {
     }
   }
 
+  /**
+   * A registration the kubelet accepted but never followed with a
+   * ListAndWatch (a kubelet that kept an old client, say) would leave our
+   * devices unadvertised for good: register again if no stream came.
+   */
+  private armWatchdog(): void {
+    if (this.watchdog) clearTimeout(this.watchdog);
+    const generation = this.generation;
+    this.watchdog = setTimeout(() => {
+      this.watchdog = null;
+      if (this.closed || generation !== this.generation || this.server.streamsWithTag(generation) > 0) return;
+      this.logger.warn({ waitedMs: this.opts.streamWatchdogMs }, 'No ListAndWatch stream after registering; registering again');
+      this.registeredKubelet = null;
+      void this.ensure('no ListAndWatch stream after registration');
+    }, this.opts.streamWatchdogMs);
+    this.watchdog.unref();
+  }
+
   private streamEnded(tag: number): void {
     if (this.closed || tag !== this.generation || this.server.streamsWithTag(tag) > 0) return;
     // The kubelet never reopens a stream by itself: register again so it does.
+    // A stream that keeps ending soon after registration (another plugin
+    // fighting for the socket, a kubelet in trouble) is retried with backoff.
     this.registeredKubelet = null;
-    this.manager.scheduleCheck();
-    void this.ensure('ListAndWatch stream ended');
+    const flapping = Date.now() - this.registeredAt < FLAP_WINDOW_MS;
+    const delay = flapping ? this.flapDelay : 0;
+    this.flapDelay = flapping ? Math.min(Math.max(this.flapDelay * 2, this.opts.retryMinMs), this.opts.retryMaxMs) : 0;
+    if (delay > 0) this.logger.warn({ retryInMs: delay }, 'ListAndWatch ended soon after registration; registering again after a pause');
+    if (this.flapTimer) clearTimeout(this.flapTimer);
+    this.flapTimer = setTimeout(() => {
+      this.flapTimer = null;
+      this.manager.scheduleCheck();
+      void this.ensure('ListAndWatch stream ended');
+    }, delay);
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.flapTimer) clearTimeout(this.flapTimer);
+    if (this.watchdog) clearTimeout(this.watchdog);
+    this.flapTimer = null;
+    this.watchdog = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     await this.running?.catch(() => undefined);
@@ -235,6 +292,7 @@ export class PluginManager {
       retryMinMs: options.retryMinMs ?? 250,
       retryMaxMs: options.retryMaxMs ?? 10_000,
       registerTimeoutMs: options.registerTimeoutMs ?? 15_000,
+      streamWatchdogMs: options.streamWatchdogMs ?? 15_000,
       ...(options.onRegistered ? { onRegistered: options.onRegistered } : {}),
     };
     this.endpoints = options.resources.map((resource) => {
@@ -326,7 +384,9 @@ export class PluginManager {
 
   /** Serves every resource, then registers; returns once each had a first attempt. */
   async start(): Promise<void> {
+    if (this.stopped) return;
     this.kubeletIdentity = await fileIdentity(join(this.options.pluginDir, KUBELET_SOCKET_NAME));
+    if (this.stopped) return;
     this.startWatching();
     const interval = this.options.checkIntervalMs ?? 1000;
     this.pollTimer = setInterval(() => this.scheduleCheck(), interval);

@@ -43,6 +43,8 @@ export class SimulatedKubelet extends EventEmitter<SimulatedKubeletEvents> {
   restarts = 0;
   /** How long the dial back inside Register may take, as the kubelet's 10 s. */
   dialTimeoutMs = 10_000;
+  /** False models a kubelet that accepts Register but never opens ListAndWatch. */
+  openStreams = true;
 
   constructor(dir: string) {
     super();
@@ -83,6 +85,13 @@ export class SimulatedKubelet extends EventEmitter<SimulatedKubeletEvents> {
           fail(grpc.status.INVALID_ARGUMENT, `invalid endpoint ${req.endpoint}`);
           return;
         }
+        // As kubelets since 1.26: a plugin already connected on the same socket
+        // is kept, and Register succeeds without dialling again.
+        const current = this.plugins.get(req.resource_name);
+        if (current?.streamOpen && current.endpoint === req.endpoint) {
+          callback(null, {});
+          return;
+        }
         this.connect(req.resource_name, req.endpoint).then(
           () => callback(null, {}),
           (err: Error) => fail(grpc.status.UNAVAILABLE, `failed to dial device plugin: ${err.message}`),
@@ -114,8 +123,12 @@ export class SimulatedKubelet extends EventEmitter<SimulatedKubeletEvents> {
     // A new registration for the same resource replaces the old endpoint.
     const old = this.plugins.get(resource);
     if (old) this.disconnect(old);
-    const plugin: RegisteredPlugin = { resource, endpoint, options, client, stream: null, devices: [], streamOpen: true, updates: 0 };
+    const plugin: RegisteredPlugin = { resource, endpoint, options, client, stream: null, devices: [], streamOpen: this.openStreams, updates: 0 };
     this.plugins.set(resource, plugin);
+    if (!this.openStreams) {
+      this.emit('registered', resource);
+      return;
+    }
     const stream = client.ListAndWatch({});
     plugin.stream = stream;
     stream.on('data', (res: ListAndWatchResponse__Output) => {

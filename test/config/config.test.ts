@@ -24,11 +24,11 @@ describe('configuration file', () => {
     const config = parseConfigText(`
 resources:
   - name: ibm.com/nvme
-    selectors: { classes: ["0108"], vendors: ["0x144D"], domains: ["0030", 49] }
+    selectors: { classes: ["0108"], vendors: ["0x144D"], domains: ["0030", "31"] }
 `);
     expect(config.resources[0]!.preparation.mode).toBe('verify');
     expect(config.resources[0]!.selectors.vendors).toEqual(['144d']);
-    expect(config.resources[0]!.selectors.domains).toEqual([0x30, 49]);
+    expect(config.resources[0]!.selectors.domains).toEqual([0x30, 0x31]);
     expect(config.resources[0]!.selectors.match).toBe('any');
   });
 
@@ -64,6 +64,21 @@ resources:
     expect(problemsOf('resources: [ {name: a.com/x')[0]).toMatch(/^line \d+, column \d+/);
     expect(problemsOf('resources:\n  - name: a.com/x\n    name: a.com/y\n    selectors: {}\n')[0]).toMatch(/line 3/);
     expect(problemsOf('')[0]).toMatch(/^resources: /);
+  });
+
+  it('refuses a bare number as a PCI domain (YAML reads 0030 as 30), an alias bomb, and CDI-unsafe names with CDI on', () => {
+    expect(problemsOf('resources: [{name: a.com/x, selectors: {domains: [0030]}}]')[0]).toMatch(
+      /^resources\[0\]\.selectors\.domains\[0\]: must be a quoted hex PCI domain/,
+    );
+    const bomb = ['a: &a [x, x, x, x, x, x, x, x, x]'];
+    for (let i = 0; i < 12; i++) bomb.push(`${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}]`);
+    bomb.push('resources: [{name: a.com/x, selectors: {}}]');
+    expect(problemsOf(bomb.join('\n'))[0]).toMatch(/^YAML: /);
+    expect(problemsOf('cdi: {enabled: true}\nresources: [{name: a.com/nvme.v2, selectors: {}}, {name: 9a.com/x, selectors: {}}]')).toEqual([
+      expect.stringMatching(/^resources\[0\]\.name: with cdi enabled the name "nvme\.v2"/),
+      expect.stringMatching(/^resources\[1\]\.name: with cdi enabled the domain "9a\.com"/),
+    ]);
+    expect(parseConfigText('resources: [{name: a.com/nvme.v2, selectors: {}}]').resources).toHaveLength(1);
   });
 
   it('validates resource names as the kubelet does', () => {
@@ -103,6 +118,15 @@ describe('flags and environment', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('refuses a device-plugins directory whose socket paths would pass the 108-byte limit', async () => {
+    const long = `/tmp/${'d'.repeat(110)}`;
+    await expect(resolveSettings(parseCommandLine(['--device-plugin-dir', long], {}).values, simulatedNodeConfig)).rejects.toThrow(
+      /unix socket paths are limited to 107/,
+    );
+    const ok = await resolveSettings(parseCommandLine(['--device-plugin-dir', '/tmp//dp/./'], {}).values, simulatedNodeConfig);
+    expect(ok.devicePluginDir).toBe('/tmp/dp');
   });
 
   it('refuses unknown flags, bad values and a missing configuration', async () => {

@@ -144,6 +144,47 @@ describe('registration and ListAndWatch', () => {
     expect(manager!.registrations('ibm.com/nvme')).toBe(2);
   });
 
+  it('registers again when the kubelet accepted Register but never opened ListAndWatch', async () => {
+    kubelet.openStreams = false;
+    manager = new PluginManager({ pluginDir: dir, resources: CONFIG.resources, checkIntervalMs: 200, retryMinMs: 50, streamWatchdogMs: 300 });
+    manager.applyTopology(topologyOf(nodeGroups()));
+    await manager.start();
+    const first = kubelet.registerCalls;
+    const back = kubelet.waitForRegistration('ibm.com/nvme', 3000);
+    kubelet.openStreams = true;
+    await back;
+    expect(kubelet.registerCalls).toBeGreaterThan(first);
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 5);
+  });
+
+  it('a second copy of the plugin on the same directory does not take the sockets over', async () => {
+    await startManager();
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 5);
+    const second = new PluginManager({ pluginDir: dir, resources: CONFIG.resources, checkIntervalMs: 200, retryMinMs: 50, retryMaxMs: 400 });
+    second.applyTopology(topologyOf(nodeGroups()));
+    const calls = kubelet.registerCalls;
+    try {
+      await second.start();
+      await new Promise((r) => setTimeout(r, 600));
+      expect(second.registered('ibm.com/nvme')).toBe(false);
+      // The first copy keeps its stream: no registration storm.
+      expect(kubelet.registerCalls).toBe(calls);
+      expect(kubelet.plugin('ibm.com/nvme')!.streamOpen).toBe(true);
+      await kubelet.allocate('ibm.com/nvme', [['3']]);
+    } finally {
+      await second.stop();
+    }
+  });
+
+  it('accepts a device-plugins directory in any spelling and names the endpoint by its base name', async () => {
+    manager = new PluginManager({ pluginDir: `${dir}/./`, resources: CONFIG.resources, checkIntervalMs: 200, retryMinMs: 50 });
+    manager.applyTopology(topologyOf(nodeGroups()));
+    const registered = kubelet.waitForRegistration('ibm.com/nvme');
+    await manager.start();
+    await registered;
+    expect(kubelet.plugin('ibm.com/nvme')!.endpoint).toBe(socketNameFor(dir, 'ibm.com/nvme'));
+  });
+
   it('stop ends the streams and removes our sockets', async () => {
     await startManager();
     await kubelet.waitForDevices('ibm.com/nvme', (d) => d.length === 5);
@@ -245,15 +286,22 @@ describe('GetPreferredAllocation', () => {
     expect(ids[3]).toHaveLength(3);
   });
 
-  it('refuses unknown must-include IDs and bad sizes', async () => {
+  it('never fails: unknown or repeated must-include IDs are dropped and the size is clamped', async () => {
     await startManager();
-    const err = await kubelet.preferred('ibm.com/nvme', [{ available: ['3'], mustInclude: ['../../etc'], size: 1 }]).catch((e: unknown) => e);
-    expect(grpcCode(err)).toBe(grpc.status.INVALID_ARGUMENT);
-    const err2 = await kubelet.preferred('ibm.com/nvme', [{ available: ['3'], size: -1 }]).catch((e: unknown) => e);
-    expect(grpcCode(err2)).toBe(grpc.status.INVALID_ARGUMENT);
+    const res = await kubelet.preferred('ibm.com/nvme', [
+      { available: ['3', '7'], mustInclude: ['../../etc', '7', '7'], size: 2 },
+      { available: ['3'], size: -1 },
+      { available: ['3', '55', 'x'], size: 2 },
+      { available: ['3', '4'], size: 9 },
+    ]);
+    const ids = res.container_responses.map((r) => r.deviceIDs);
+    expect(ids[0]).toEqual(['7', '3']);
+    expect(ids[1]).toEqual([]);
     // Unknown available IDs are ignored rather than offered.
-    const ok = await kubelet.preferred('ibm.com/nvme', [{ available: ['3', '55', 'x'], size: 2 }]);
-    expect(ok.container_responses[0]!.deviceIDs).toEqual(['3']);
+    expect(ids[2]).toEqual(['3']);
+    expect(ids[3]!.sort()).toEqual(['3', '4']);
+    const empty = await kubelet.preferred('ibm.com/nvme', []);
+    expect(empty.container_responses).toEqual([]);
   });
 });
 
