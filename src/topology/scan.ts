@@ -383,6 +383,18 @@ export async function listVfioDevNodes(roots: DiscoveryRoots): Promise<VfioDevLi
   }
 }
 
+/**
+ * The same facts as listVfioDevNodes for a few groups only: one stat per
+ * named group instead of reading a directory that holds a node per group.
+ */
+export async function vfioDevNodesOf(roots: DiscoveryRoots, ids: readonly number[]): Promise<VfioDevListing> {
+  const [containerNode, ...present] = await Promise.all([
+    exists(join(vfioDevDir(roots), 'vfio')),
+    ...ids.map((id) => exists(groupDevNodePath(roots, id))),
+  ]);
+  return { groups: new Set(ids.filter((_, i) => present[i])), containerNode: containerNode ?? false };
+}
+
 export interface GroupListing {
   ids: number[];
   issues: DiscoveryIssue[];

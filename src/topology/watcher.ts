@@ -20,6 +20,7 @@ import {
   iommuGroupsDir,
   listGroupIds,
   listVfioDevNodes,
+  vfioDevNodesOf,
   mapLimit,
   vfioDevDir,
 } from './scan.js';
@@ -485,7 +486,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     if (ids.length === 0 && !container && !all) return;
     // Named groups are rescanned even when their fingerprint did not move: a
     // uevent can report what the fingerprint does not cover.
-    const dev = ids.length > 0 || !all ? await listVfioDevNodes(this.#roots) : null;
+    // A targeted event stats its own nodes; listing /dev/vfio costs a read of every group's node.
+    const dev = ids.length > 0 || !all ? await vfioDevNodesOf(this.#roots, ids) : null;
     if (dev !== null && ids.length > 0) {
       const prints = new Map<number, string | null>();
       await Promise.all(ids.map(async (id) => prints.set(id, await this.#fingerprint(id, dev.groups.has(id)))));
