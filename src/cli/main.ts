@@ -17,6 +17,8 @@ import { NodeReporter, loadKubeConfig } from '../report/node-reporter.js';
 import { startProbeServer, type ProbeServer } from '../report/http-server.js';
 import { readFile } from 'node:fs/promises';
 import { readCpuCapabilities } from '../report/cpuinfo.js';
+import { capabilitiesOf } from '../prepare/capabilities.js';
+import type { GroupVerification } from '../vfio/container-sequence.js';
 
 async function packageVersion(): Promise<string> {
   try {
@@ -55,21 +57,22 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     settings = { ...settings, sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot };
     logger.info({ root: simulatedDir }, 'Running on the simulated POWER node');
   }
+  const metrics = createMetrics({ version: await packageVersion() });
+  const reporter = createReporter(settings, logger, metrics);
+  // The simulated node is a POWER9 bare-metal server whatever the host is.
+  reporter?.setCapabilities(settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await readCpuCapabilities());
   const preparation = await buildPreparer({
     simulate: settings.simulate,
     devRoot: settings.devRoot,
     resources: settings.resources,
     logger,
+    ...(reporter ? { onVerified: (v: GroupVerification) => reporter.setCapabilities(capabilitiesOf(v)) } : {}),
     handoff: {
       hostDir: settings.handoffHostDir,
       containerDir: settings.handoffContainerDir,
       podResourcesSocket: settings.podResourcesSocket,
     },
   });
-  const metrics = createMetrics({ version: await packageVersion() });
-  const reporter = createReporter(settings, logger, metrics);
-  // The simulated node is a POWER9 bare-metal server whatever the host is.
-  reporter?.setCapabilities(settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await readCpuCapabilities());
   const daemon = new Daemon(settings, {
     logger,
     metrics,

@@ -9,6 +9,7 @@ import type { AllocationExtra } from '../kubelet/allocation.js';
 import type { VfioBinding } from '../vfio/binding.js';
 import { PluginError, RequestError } from '../errors.js';
 import { SimulatedKernel } from '../vfio/simulated-kernel.js';
+import type { GroupVerification } from '../vfio/container-sequence.js';
 import { createVerifyPreparer, describeVerification } from '../prepare/verify-preparer.js';
 import { createVfioHandoffSource } from '../prepare/handoff-source.js';
 import { HandoffService, DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
@@ -50,6 +51,8 @@ export interface PreparationOptions {
   simulatedMemlock?: bigint | null;
   /** Needed when a resource uses handoff. */
   handoff?: HandoffSettings;
+  /** Told of each group verified (node labels). */
+  onVerified?: (verification: GroupVerification) => void;
   /** The VFIO binding on a real node (tests); default the native addon. */
   binding?: VfioBinding;
 }
@@ -103,6 +106,7 @@ export async function buildPreparer(options: PreparationOptions): Promise<Prepar
     devRoot: options.devRoot,
     logger: options.logger,
     ...(beforePrepare ? { beforeVerify: beforePrepare } : {}),
+    ...(options.onVerified ? { onVerified: options.onVerified } : {}),
   });
 
   let handoff: HandoffService | null = null;

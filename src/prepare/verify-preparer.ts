@@ -20,6 +20,8 @@ export interface VerifyPreparerOptions {
   beforeVerify?: (groups: IommuGroup[]) => void;
   /** Told of every finished preparation, for metrics. */
   onResult?: (resource: string, mode: 'verify', result: 'ok' | 'failed', seconds: number, code?: string) => void;
+  /** Told of each group verified, e.g. to label the node with what the kernel offers. */
+  onVerified?: (verification: GroupVerification) => void;
 }
 
 export interface VerifyPreparer {
@@ -53,7 +55,10 @@ export function createVerifyPreparer(options: VerifyPreparerOptions): VerifyPrep
         groups.map((g) => g.id),
         { devRoot: options.devRoot, logger },
       );
-      for (const v of verified) results.set(v.group, v);
+      for (const v of verified) {
+        results.set(v.group, v);
+        options.onVerified?.(v);
+      }
       options.onResult?.(resource.name, 'verify', 'ok', Number(process.hrtime.bigint() - started) / 1e9);
     } catch (err) {
       options.onResult?.(
