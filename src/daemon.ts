@@ -14,6 +14,7 @@ import type { ResourceConfig } from './config/schema.js';
 import type { IommuGroup } from './topology/types.js';
 import { HealthTracker } from './health/health-tracker.js';
 import { serializeByGroup } from './prepare/serialize.js';
+import type { UeventSource } from './topology/uevents.js';
 import type { HandoffService } from './handoff/service.js';
 import type { AllocationExtra } from './kubelet/allocation.js';
 
@@ -31,6 +32,8 @@ export interface DaemonDeps {
   health?: HealthTracker;
   /** Handoff mode: started before the kubelet is served, stopped at shutdown. */
   handoff?: HandoffService | null;
+  /** Kernel uevent source for the topology watcher; default: netlink on real sysfs. */
+  uevents?: UeventSource | null;
   /** Allocate's additions for handoff resources. */
   extendAllocation?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
 }
@@ -55,7 +58,11 @@ export class Daemon {
     this.logger = deps.logger;
     this.watcher = new TopologyWatcher(
       { sysfsRoot: settings.sysfsRoot, devRoot: settings.devRoot },
-      { pollIntervalMs: settings.pollIntervalMs, logger: deps.logger.child({ room: 'topology' }) },
+      {
+        pollIntervalMs: settings.pollIntervalMs,
+        logger: deps.logger.child({ room: 'topology' }),
+        ...(deps.uevents !== undefined ? { uevents: deps.uevents } : {}),
+      },
     );
     this.metrics = deps.metrics;
     this.reporter = deps.reporter;

@@ -33,7 +33,9 @@ export class DaemonChild {
     return child;
   }
 
-  private async request(body: { cmd: 'start' } | { cmd: 'sample'; gc: boolean } | { cmd: 'stop' }): Promise<ChildReply> {
+  private async request(
+    body: { cmd: 'start' } | { cmd: 'sample'; gc: boolean } | { cmd: 'stop' } | { cmd: 'uevent'; message: string },
+  ): Promise<ChildReply> {
     if (this.exited) throw this.exited;
     const id = this.nextId++;
     const reply = await new Promise<ChildReply>((resolve, reject) => {
@@ -42,6 +44,11 @@ export class DaemonChild {
     });
     if (!reply.ok) throw new Error(`daemon child: ${reply.error}`);
     return reply;
+  }
+
+  /** Delivers a uevent to the daemon's watcher ("|" stands for the kernel's NUL separators). */
+  async uevent(message: string): Promise<void> {
+    await this.request({ cmd: 'uevent', message });
   }
 
   async start(): Promise<void> {

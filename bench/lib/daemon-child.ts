@@ -6,15 +6,22 @@
 //   argv[2]: JSON { sysfsRoot, devRoot, dir, pollIntervalMs }
 import type { Daemon } from '../../src/daemon.js';
 import { createDaemon, benchSettings } from './plugin.js';
+import { FakeUeventSource } from '../../src/topology/uevents.js';
 
 export interface ChildArgs {
   sysfsRoot: string;
   devRoot: string;
   dir: string;
   pollIntervalMs: number;
+  /** Feed the watcher uevents sent by the benchmark (as the kernel would send them), instead of netlink. */
+  fakeUevents?: boolean;
 }
 
-export type ChildRequest = { id: number; cmd: 'start' } | { id: number; cmd: 'sample'; gc: boolean } | { id: number; cmd: 'stop' };
+export type ChildRequest =
+  | { id: number; cmd: 'start' }
+  | { id: number; cmd: 'sample'; gc: boolean }
+  | { id: number; cmd: 'stop' }
+  | { id: number; cmd: 'uevent'; message: string };
 
 export interface ChildSample {
   rss: number;
@@ -33,6 +40,7 @@ export type ChildReply = { id: number; ok: true; sample?: ChildSample } | { id: 
 
 const args = JSON.parse(process.argv[2] ?? '{}') as ChildArgs;
 let daemon: Daemon | null = null;
+const uevents = args.fakeUevents ? new FakeUeventSource() : null;
 
 function gc(): void {
   const g = (globalThis as { gc?: () => void }).gc;
@@ -61,13 +69,17 @@ async function handle(req: ChildRequest): Promise<ChildReply> {
   switch (req.cmd) {
     case 'start': {
       const settings = await benchSettings({ sysfsRoot: args.sysfsRoot, devRoot: args.devRoot }, args.dir, args.pollIntervalMs);
-      daemon = await createDaemon(settings);
+      daemon = await createDaemon(settings, uevents);
       await daemon.start();
       return { id: req.id, ok: true };
     }
     case 'sample':
       if (req.gc) gc();
       return { id: req.id, ok: true, sample: sample() };
+    case 'uevent':
+      // "\0"-separated, as the kernel's datagram.
+      if (!uevents?.emitRaw(Buffer.from(req.message.replaceAll('|', '\0')))) throw new Error('uevent not delivered');
+      return { id: req.id, ok: true };
     case 'stop':
       await daemon?.stop();
       daemon = null;

@@ -1,6 +1,7 @@
 // The daemon on a sysfs tree, registered with the kubelet stand-in over real
 // unix sockets, as the CLI would run it with --simulate (verify mode on the
 // simulated POWER9 kernel).
+import type { UeventSource } from '../../src/topology/uevents.js';
 import { join } from 'node:path';
 import { Daemon } from '../../src/daemon.js';
 import { silentLogger } from '../../src/log.js';
@@ -44,10 +45,10 @@ export function benchSettings(roots: DiscoveryRoots, dir: string, pollIntervalMs
   );
 }
 
-export async function createDaemon(settings: Settings): Promise<Daemon> {
+export async function createDaemon(settings: Settings, uevents: UeventSource | null = null): Promise<Daemon> {
   const logger = silentLogger();
   const { preparer } = await buildPreparer({ simulate: true, devRoot: settings.devRoot, resources: settings.resources, logger });
-  return new Daemon(settings, { logger, ...(preparer ? { preparer } : {}) });
+  return new Daemon(settings, { logger, uevents, ...(preparer ? { preparer } : {}) });
 }
 
 /** hrtime of the next `registered` event for the resource. */
@@ -145,12 +146,18 @@ export interface ChildPlugin {
  * The kubelet stand-in here, the daemon in a child process (lib/daemon-child):
  * two event loops, as on a node. Resolves once all `groups` are advertised healthy.
  */
-export async function startChildPlugin(roots: DiscoveryRoots, dir: string, groups: number, pollIntervalMs: number): Promise<ChildPlugin> {
+export async function startChildPlugin(
+  roots: DiscoveryRoots,
+  dir: string,
+  groups: number,
+  pollIntervalMs: number,
+  fakeUevents = false,
+): Promise<ChildPlugin> {
   const kubelet = new SimulatedKubelet(join(dir, 'dp'));
   await kubelet.start();
   let child: DaemonChild | null = null;
   try {
-    child = await DaemonChild.spawn({ sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot, dir, pollIntervalMs });
+    child = await DaemonChild.spawn({ sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot, dir, pollIntervalMs, fakeUevents });
     const registered = nextRegistration(kubelet, 60_000);
     const firstUpdate = nextDevices(kubelet, allHealthy(groups), 60_000);
     const loaded = await child.sample(true);
