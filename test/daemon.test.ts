@@ -12,7 +12,7 @@ import { simulatedNodeConfig } from '../src/simulate/node-config.js';
 import { writeSysfsTree, addGroup, removeGroup, bindDriver, setEehState, setAerFatal, type NodeSpec } from '../src/simulate/sysfs-tree.js';
 import { HealthTracker } from '../src/health/health-tracker.js';
 import { builtinPowerNode, FROZEN_EEH_STATE, HEALTHY_EEH_STATE } from '../src/simulate/power-node.js';
-import type { Settings } from '../src/config/settings.js';
+import { simulatedSettings } from '../src/simulate/settings.js';
 import type { DiscoveryRoots } from '../src/topology/types.js';
 import { malformedTree } from './helpers/fixtures.js';
 import { parseConfigText } from '../src/config/load.js';
@@ -32,24 +32,7 @@ let health: HealthTracker | null = null;
 
 async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(), config = simulatedNodeConfig()): Promise<void> {
   roots = 'groups' in spec ? await writeSysfsTree(join(dir, 'node'), spec) : spec;
-  const settings: Settings = {
-    configFile: null,
-    sysfsRoot: roots.sysfsRoot,
-    devRoot: roots.devRoot,
-    devicePluginDir: join(dir, 'dp'),
-    podResourcesSocket: join(dir, 'pr.sock'),
-    pollIntervalMs: 200,
-    logLevel: 'debug',
-    simulate: true,
-    cdiSpecDir: null,
-    nodeName: null,
-    kubeconfig: null,
-    metricsPort: null,
-    metricsBind: '127.0.0.1',
-    handoffHostDir: join(dir, 'handoff'),
-    handoffContainerDir: '/var/run/power-vfio/handoff',
-    resources: config.resources,
-  };
+  const settings = simulatedSettings({ roots, dir, resources: config.resources, pollIntervalMs: 200 });
   kubelet = new SimulatedKubelet(settings.devicePluginDir);
   await kubelet.start();
   const sink = new Writable({

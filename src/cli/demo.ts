@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { createLogger } from '../log.js';
 import { Daemon } from '../daemon.js';
-import type { Settings } from '../config/settings.js';
+import { simulatedSettings } from '../simulate/settings.js';
 import { simulatedNodeConfig } from '../simulate/node-config.js';
 import { SimulatedKubelet } from '../simulate/kubelet.js';
 import { writeSysfsTree, bindDriver } from '../simulate/sysfs-tree.js';
@@ -35,30 +35,13 @@ export async function runDemo(): Promise<number> {
   const logStream = createWriteStream(logPath);
   const logger = createLogger({ level: 'debug', destination: logStream });
   routeGrpcLogs(logger);
-  const pluginDir = join(dir, 'device-plugins');
-  const kubelet = new SimulatedKubelet(pluginDir);
+  
+  const kubelet = new SimulatedKubelet(join(dir, 'dp'));
   let daemon: Daemon | null = null;
   try {
     const roots = await writeSysfsTree(join(dir, 'node'), builtinPowerNode());
     const config = simulatedNodeConfig();
-    const settings: Settings = {
-      configFile: null,
-      sysfsRoot: roots.sysfsRoot,
-      devRoot: roots.devRoot,
-      devicePluginDir: pluginDir,
-      podResourcesSocket: join(dir, 'pod-resources.sock'),
-      pollIntervalMs: 1000,
-      logLevel: 'debug',
-      simulate: true,
-      cdiSpecDir: null,
-      nodeName: null,
-      kubeconfig: null,
-      metricsPort: null,
-      metricsBind: '127.0.0.1',
-      handoffHostDir: join(dir, 'handoff'),
-      handoffContainerDir: '/var/run/power-vfio/handoff',
-      resources: config.resources,
-    };
+    const settings = simulatedSettings({ roots, dir, resources: config.resources });
     say(bold('power-vfio-device-plugin demo: a simulated POWER9 node, a built-in kubelet, real gRPC over unix sockets'));
     say(`Simulated sysfs and /dev: ${join(dir, 'node')}`);
     say(`Plugin logs (JSON): ${logPath}`);
