@@ -2,12 +2,13 @@
 // variables (PVDP_ + the flag in upper snake case), which win over the
 // configuration file, which wins over the defaults.
 import { parseArgs } from 'node:util';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
 import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
-import { socketPathProblem } from '../kubelet/plugin-manager.js';
+import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/plugin-manager.js';
+import { HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -55,6 +56,10 @@ export const FLAGS = {
   'metrics-port': { type: 'string', help: 'Port for /metrics, /healthz and /readyz; "off" disables (default 9101)' },
   'metrics-bind': { type: 'string', help: 'Address the metrics port listens on (default 0.0.0.0)' },
   'handoff-dir': { type: 'string', help: `Host directory for handoff preparations (default ${DEFAULT_HANDOFF_HOST_DIR})` },
+  'handoff-container-dir': {
+    type: 'string',
+    help: `Where a container sees its handoff directory (default ${DEFAULT_HANDOFF_CONTAINER_DIR})`,
+  },
   'cdi-spec-dir': { type: 'string', help: 'Directory for CDI specs (default /var/run/cdi)' },
   help: { type: 'boolean', help: 'Show this help' },
 } as const;
@@ -159,6 +164,13 @@ export async function resolveSettings(
   const devicePluginDir = resolve(str('device-plugin-dir') ?? file.devicePluginDir ?? DEFAULT_DEVICE_PLUGIN_DIR);
   const socketProblem = socketPathProblem(devicePluginDir, file.resources.map((r) => r.name));
   if (socketProblem) throw new ConfigError(`Invalid --device-plugin-dir: ${socketProblem}`, [`device-plugin-dir: ${socketProblem}`]);
+  const handoffHostDir = resolve(str('handoff-dir') ?? file.handoff?.hostDir ?? DEFAULT_HANDOFF_HOST_DIR);
+  // Each preparation's socket lives at <dir>/alloc-<16 hex>/handoff.sock: refuse at start, not per pod.
+  const handoffSocket = join(handoffHostDir, `alloc-${'0'.repeat(16)}`, HANDOFF_SOCKET_NAME);
+  if (file.resources.some((r) => r.preparation.mode === 'handoff') && Buffer.byteLength(handoffSocket) > MAX_SOCKET_PATH) {
+    const problem = `handoff sockets under ${handoffHostDir} would be ${Buffer.byteLength(handoffSocket)} bytes long; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a directory of at most ${MAX_SOCKET_PATH - (Buffer.byteLength(handoffSocket) - Buffer.byteLength(handoffHostDir))} bytes`;
+    throw new ConfigError(`Invalid --handoff-dir: ${problem}`, [`handoff-dir: ${problem}`]);
+  }
   const metricsPortText = str('metrics-port') ?? '9101';
   let metricsPort: number | null = null;
   if (metricsPortText !== 'off') {
@@ -182,8 +194,8 @@ export async function resolveSettings(
     kubeconfig: str('kubeconfig') ?? null,
     metricsPort,
     metricsBind: str('metrics-bind') ?? '0.0.0.0',
-    handoffHostDir: str('handoff-dir') ?? file.handoff?.hostDir ?? DEFAULT_HANDOFF_HOST_DIR,
-    handoffContainerDir: file.handoff?.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR,
+    handoffHostDir,
+    handoffContainerDir: str('handoff-container-dir') ?? file.handoff?.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR,
     resources: file.resources,
   };
 }

@@ -40,11 +40,11 @@ export function createVerifyPreparer(options: VerifyPreparerOptions): VerifyPrep
   const results = new Map<number, GroupVerification>();
   const preparer: Preparer = async (resource: ResourceConfig, groups: IommuGroup[]) => {
     if (resource.preparation.mode !== 'verify') {
-      // handoff is prepared by its own preparer; reaching here means it is not available.
+      // Handoff resources are prepared by the handoff service; this would be a wiring mistake.
       throw new RequestError(
         'PVDP_ERR_PREPARATION',
         'precondition',
-        `Preparation mode ${resource.preparation.mode} of ${resource.name} is not available in this version; use verify or none`,
+        `Internal error: the verify preparation was asked to prepare ${resource.name}, whose mode is ${resource.preparation.mode}`,
       );
     }
     options.beforeVerify?.(groups);

@@ -45,11 +45,25 @@ describe('bad values files', () => {
     expect(cases.filter((c) => c.pluginRefuses).length).toBeGreaterThanOrEqual(10);
   });
 
+  it('cover unquoted domains, CDI resource names and handoff settings', () => {
+    for (const file of [
+      'domains-unquoted.yaml',
+      'cdi-name-not-a-cdi-class.yaml',
+      'cdi-domain-starts-with-digit.yaml',
+      'handoff-options-without-handoff-mode.yaml',
+      'handoff-memory-size-bad.yaml',
+      'handoff-host-dir-too-long.yaml',
+    ]) {
+      expect(cases.some((c) => c.file === file), file).toBe(true);
+    }
+  });
+
   describe.each(cases.filter((c) => c.pluginRefuses))('$file (configuration)', (c) => {
     it("is refused by the plugin's own configuration parser too", () => {
       let error: unknown;
       try {
-        parseConfig({ resources: c.values.config.resources }, 'values');
+        // The file the chart would render: resources, and cdi when the values set it (CDI name rules).
+        parseConfig({ resources: c.values.config.resources, ...(c.values.cdi ? { cdi: c.values.cdi } : {}) }, 'values');
       } catch (err) {
         error = err;
       }

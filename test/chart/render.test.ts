@@ -1,12 +1,15 @@
 // The chart renders, lints and validates for its default values and for every
 // realistic values file in charts/power-vfio-device-plugin/ci/, and the
 // configuration file it renders is one the plugin's own parser accepts.
-import { basename } from 'node:path';
-import { readFileSync } from 'node:fs';
-import { describe, expect, it } from 'vitest';
+import { basename, join } from 'node:path';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseConfig, parseConfigText } from '../../src/config/load.js';
-import { FLAGS, envNameOf } from '../../src/config/settings.js';
+import { FLAGS, envNameOf, parseCommandLine, resolveSettings } from '../../src/config/settings.js';
+import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/kubelet/allocation.js';
+import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
+import { MAX_SOCKET_PATH } from '../../src/kubelet/plugin-manager.js';
 import {
   NAMESPACE,
   RELEASE,
@@ -62,8 +65,6 @@ interface ConfigMapShape extends KubeObject {
   data: Record<string, string>;
 }
 
-/** PVDP_* variables the chart sets for flags the plugin will read from its next releases. */
-const UPCOMING_ENV = new Set(['PVDP_METRICS_PORT', 'PVDP_HANDOFF_DIR']);
 const KNOWN_ENV = new Set(Object.keys(FLAGS).filter((f) => f !== 'help').map(envNameOf));
 
 /** Helm's merge of values: maps merge key by key, lists and scalars replace, null deletes. */
@@ -99,10 +100,28 @@ function mount(ds: DaemonSetShape, path: string) {
   return { mount: m, volume };
 }
 
-/** The rendered config file through the plugin's own parser, and its raw cdi section. */
+/** The rendered config file through the plugin's own parser, and its raw cdi and handoff sections. */
 function parseRenderedConfig(text: string) {
   const raw = parse(text) as Record<string, unknown>;
-  return { config: parseConfigText(text, 'rendered config'), cdi: raw.cdi };
+  return { config: parseConfigText(text, 'rendered config'), cdi: raw.cdi, handoff: raw.handoff };
+}
+
+const scratch = mkdtempSync('/tmp/pvdp-chart-');
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+/**
+ * The plugin's effective settings in the rendered pod: the ConfigMap's file and
+ * the container's PVDP_* env through the plugin's own flag and file handling.
+ */
+async function settingsOf(objects: KubeObject[], name: string) {
+  const cm = find<ConfigMapShape>(objects, 'ConfigMap');
+  const ds = find<DaemonSetShape>(objects, 'DaemonSet');
+  const file = join(scratch, `${name}.yaml`);
+  writeFileSync(file, cm.data['config.yaml']!);
+  const envs: NodeJS.ProcessEnv = {};
+  for (const e of container(ds).env) if (e.value !== undefined && e.name.startsWith('PVDP_')) envs[e.name] = e.value;
+  envs['PVDP_CONFIG'] = file;
+  return resolveSettings(parseCommandLine([], envs).values);
 }
 
 const cases: [string, string | undefined][] = [
@@ -113,7 +132,7 @@ const cases: [string, string | undefined][] = [
 describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
   it('has realistic values files to test (GPUs, NVMe, ConnectX VFs, FPGAs, several resources, monitoring)', () => {
     const names = ciValuesFiles().map((f) => basename(f));
-    for (const expected of ['gpus', 'nvme', 'connectx', 'fpgas', 'several-resources-monitoring', 'simulate']) {
+    for (const expected of ['gpus', 'nvme', 'connectx', 'fpgas', 'several-resources-monitoring', 'simulate', 'handoff']) {
       expect(names.some((n) => n.startsWith(expected)), `ci/${expected}*.yaml`).toBe(true);
     }
   });
@@ -144,11 +163,13 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       const objects = renderChart(files);
       const cm = find<ConfigMapShape>(objects, 'ConfigMap');
       expect(Object.keys(cm.data)).toEqual(['config.yaml']);
-      const { config, cdi } = parseRenderedConfig(cm.data['config.yaml']!);
+      const { config, cdi, handoff } = parseRenderedConfig(cm.data['config.yaml']!);
       // Both sides through the project's parser: the chart dropped, added and re-typed nothing.
       const cdiValues = { enabled: values.cdi.enabled, specDir: values.cdi.specDir };
+      const handoffValues = { hostDir: values.handoff.hostDir, containerDir: values.handoff.containerDir };
       expect(cdi).toEqual(cdiValues);
-      expect(config).toEqual(parseConfig({ resources: values.config.resources, cdi: cdiValues }, 'values'));
+      expect(handoff).toEqual(handoffValues);
+      expect(config).toEqual(parseConfig({ resources: values.config.resources, handoff: handoffValues, cdi: cdiValues }, 'values'));
       // The DaemonSet reads the file where the ConfigMap is mounted.
       const ds = find<DaemonSetShape>(objects, 'DaemonSet');
       const { mount: m, volume } = mount(ds, '/etc/power-vfio-device-plugin');
@@ -157,15 +178,34 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(env(ds, 'PVDP_CONFIG')).toBe('/etc/power-vfio-device-plugin/config.yaml');
     });
 
-    it('sets only PVDP_* variables that are flags of the plugin (or announced upcoming ones)', () => {
+    it('sets only PVDP_* variables that are flags of the plugin', () => {
       const ds = find<DaemonSetShape>(renderChart(files), 'DaemonSet');
       const names = container(ds).env.map((e) => e.name).filter((n) => n.startsWith('PVDP_'));
       expect(names.length).toBeGreaterThan(5);
-      for (const name of names) expect(KNOWN_ENV.has(name) || UPCOMING_ENV.has(name), name).toBe(true);
+      for (const name of names) expect(KNOWN_ENV.has(name), name).toBe(true);
       expect(env(ds, 'PVDP_LOG_LEVEL')).toBe(values.logLevel);
       expect(Number(env(ds, 'PVDP_POLL_INTERVAL'))).toBe(values.pollIntervalSeconds);
       expect(Number(env(ds, 'PVDP_METRICS_PORT'))).toBe(values.metrics.port);
       expect(env(ds, 'PVDP_SIMULATE')).toBe(values.simulate ? 'true' : undefined);
+    });
+
+    it('mounts the handoff host directory at the same path in the plugin as on the host, and the plugin uses it', async () => {
+      const objects = renderChart(files);
+      const ds = find<DaemonSetShape>(objects, 'DaemonSet');
+      const hostDir = values.handoff.hostDir as string;
+      // Allocate returns the plugin's path of each per-allocation directory as the host path.
+      const { mount: m, volume } = mount(ds, hostDir);
+      expect(volume.hostPath).toEqual({ path: hostDir, type: 'DirectoryOrCreate' });
+      expect(m.readOnly).toBeFalsy();
+      expect(env(ds, 'PVDP_HANDOFF_DIR')).toBe(hostDir);
+      const settings = await settingsOf(objects, basename(file ?? 'default'));
+      expect(settings.handoffHostDir).toBe(hostDir);
+      expect(settings.handoffContainerDir).toBe(values.handoff.containerDir);
+      expect(settings.metricsPort).toBe(values.metrics.port);
+      expect(settings.cdiSpecDir).toBe(values.cdi.enabled ? values.cdi.specDir : null);
+      // The longest socket the plugin makes there fits a unix socket path.
+      expect(Buffer.byteLength(join(hostDir, 'alloc-0123456789abcdef', HANDOFF_SOCKET_NAME))).toBeLessThanOrEqual(MAX_SOCKET_PATH);
+      if (values.cdi.enabled) expect(mount(ds, values.cdi.specDir).volume.hostPath?.path).toBe(values.cdi.specDir);
     });
 
     it('serves metrics, /healthz and /readyz on one named port that the Service targets', () => {
@@ -276,7 +316,11 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(notes).toContain(String.raw`.status.allocatable.example\.com/nvme-fast`);
       expect(notes).toContain(String.raw`.status.allocatable.example\.com/nvme'`);
       expect(notes).toContain(`kubectl -n ${NAMESPACE} logs -l app.kubernetes.io/instance=${RELEASE}`);
-      expect(notes).toContain('PCI_RESOURCE_EXAMPLE_COM_NVME_FAST');
+      // The plugin's own spelling (KubeVirt's): upper case, only "/" and "." as "_".
+      expect(notes).toContain(pciResourceEnvName('example.com/nvme-fast'));
+      expect(notes).toContain(vfioGroupsEnvName('example.com/nvme-fast'));
+      expect(notes).toContain('PCI_RESOURCE_EXAMPLE_COM_NVME-FAST');
+      expect(notes).not.toContain('power-vfio-handoff');
     });
   });
 
@@ -312,6 +356,29 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(env(d, 'PVDP_SIMULATE')).toBe('true');
       expect(objects.map((o) => o.kind).sort()).toEqual(['ConfigMap', 'DaemonSet']);
       expect(d.spec.template.spec.serviceAccountName).toBe('default');
+    });
+
+    it('handoff: the plugin reads handoff resources with their options, and NOTES explain the claim', async () => {
+      const file = `${ciValuesDir}/handoff-values.yaml`;
+      const objects = renderChart([file]);
+      const settings = await settingsOf(objects, 'handoff-check');
+      const handoff = settings.resources.filter((r) => r.preparation.mode === 'handoff');
+      expect(handoff.map((r) => r.name)).toEqual(['example.com/nvme-handoff', 'xilinx.com/fpga-handoff']);
+      expect(handoff[0]!.preparation.handoff).toEqual({ memorySize: 256 * 2 ** 20, claimTimeoutSeconds: 300, iommu: 'auto' });
+      expect(handoff[1]!.preparation.handoff).toEqual({ memorySize: 2 ** 30, hugePageShift: 21, claimTimeoutSeconds: 120, iommu: 'auto' });
+      expect(settings.handoffHostDir).toBe('/run/pvdp-handoff');
+      expect(settings.handoffContainerDir).toBe('/run/vfio-handoff');
+      const d = find<DaemonSetShape>(objects, 'DaemonSet');
+      expect(mount(d, '/run/pvdp-handoff').volume.hostPath?.path).toBe('/run/pvdp-handoff');
+      // The plugin's memory cgroup carries the handed-off DMA memory: the limit covers it.
+      const limit = (d.spec.template.spec.containers[0] as unknown as { resources: { limits: { memory: string } } }).resources.limits.memory;
+      expect(Number(/^(\d+)Mi$/.exec(limit)?.[1])).toBeGreaterThanOrEqual(4 * 256 + 2 * 1024);
+      const run = runHelm(['install', RELEASE, chartDir, '--namespace', NAMESPACE, '--dry-run=client', '-f', file]);
+      expect(run.status, run.stderr).toBe(0);
+      const notes = run.stdout.slice(run.stdout.indexOf('NOTES:'));
+      expect(notes).toContain('Handoff mode (example.com/nvme-handoff, xilinx.com/fpga-handoff)');
+      expect(notes).toContain('power-vfio-handoff exec -- <your program>');
+      expect(notes).toContain(pciResourceEnvName('example.com/nvme-handoff'));
     });
 
     it('a digest pins the image', () => {

@@ -129,6 +129,16 @@ describe('flags and environment', () => {
     expect(ok.devicePluginDir).toBe('/tmp/dp');
   });
 
+  it('refuses a handoff directory whose sockets would pass the limit, when a resource uses handoff', async () => {
+    const long = `/var/run/${'h'.repeat(70)}`;
+    await expect(resolveSettings(parseCommandLine(['--handoff-dir', long], {}).values, simulatedNodeConfig)).rejects.toThrow(
+      /use a directory of at most 71 bytes/,
+    );
+    const s = await resolveSettings(parseCommandLine(['--handoff-container-dir', '/h'], {}).values, simulatedNodeConfig);
+    expect(s.handoffHostDir).toBe('/var/run/power-vfio-device-plugin');
+    expect(s.handoffContainerDir).toBe('/h');
+  });
+
   it('refuses unknown flags, bad values and a missing configuration', async () => {
     expect(() => parseCommandLine(['--frobnicate'], {})).toThrow(UsageError);
     expect(() => parseCommandLine(['launch'], {})).toThrow(/Unknown command "launch"/);

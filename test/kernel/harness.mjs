@@ -44,6 +44,7 @@ export function provision(opts = {}) {
  * @param {boolean} [o.withNode]   put the ppc64le node and its libraries in the guest (default true)
  * @param {number} [o.devices]     test devices, each in its own IOMMU group (default 2: the contract
  *                                 suite needs a second group for the multi-group cases)
+ * @param {string} [o.memory]     guest RAM instead of the machine's default (2G), e.g. '4G'
  * @param {(s: string) => void} [o.onOutput] live serial output
  * @returns {Promise<{exitCode: number|null, output: string, payloadOutput: string, groupNumber: number|null,
  *   deviceAddress: string|null, platform: string|null, info: object, bootMs: number|null, totalMs: number, error: string|null}>}
@@ -58,6 +59,7 @@ export async function runInGuest({
   withNode = true,
   devices = 2,
   extraAppend,
+  memory,
   onOutput,
 }) {
   if (!MACHINES[machine]) throw new Error(`unknown machine ${machine}`);
@@ -76,6 +78,7 @@ export async function runInGuest({
       guestTimeoutS: Math.ceil(timeoutMs / 1000),
       devices,
       extraAppend,
+      memory,
       onOutput,
     });
   } finally {

@@ -56,19 +56,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* Where the ConfigMap's file is mounted in the container. */}}
 {{- define "pvdp.configDir" -}}/etc/power-vfio-device-plugin{{- end -}}
 
-{{/* The plugin's configuration file: config.resources and cdi, as the plugin's schema names them. */}}
+{{/* The plugin's configuration file: config.resources, handoff and cdi, as the plugin's schema names them. */}}
 {{- define "pvdp.configFile" -}}
-{{- $config := dict "resources" .Values.config.resources "cdi" (dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir) -}}
-# Rendered by the power-vfio-device-plugin chart from its values (config.resources, cdi).
+{{- $handoff := dict "hostDir" .Values.handoff.hostDir "containerDir" .Values.handoff.containerDir -}}
+{{- $config := dict "resources" .Values.config.resources "handoff" $handoff "cdi" (dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir) -}}
+# Rendered by the power-vfio-device-plugin chart from its values (config.resources, handoff, cdi).
 {{ toYaml $config }}
 {{- end -}}
 
 {{/*
 Checks the schema cannot express, with the messages the plugin itself would
-give: resource names the kubelet accepts, and no name twice.
+give: resource names the kubelet accepts (and CDI, when it is on), no name
+twice, and handoff options only on handoff resources.
 */}}
 {{- define "pvdp.validateResources" -}}
 {{- $seen := dict -}}
+{{- $cdi := .Values.cdi.enabled -}}
 {{- range $i, $r := .Values.config.resources -}}
 {{- $where := printf "config.resources[%d].name %q" $i $r.name -}}
 {{- $parts := splitList "/" $r.name -}}
@@ -88,6 +91,19 @@ give: resource names the kubelet accepts, and no name twice.
 {{- end -}}
 {{- if or (gt (len $local) 63) (not (regexMatch "^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$" $local)) -}}
 {{- fail (printf "%s: name %q must be 1-63 characters of letters, digits, \"-\", \"_\" or \".\", starting and ending with a letter or digit" $where $local) -}}
+{{- end -}}
+{{- if $cdi -}}
+{{- if not (regexMatch "^[A-Za-z]([A-Za-z0-9.-]*[A-Za-z0-9])?$" $domain) -}}
+{{- fail (printf "%s: with cdi enabled the domain %q must start with a letter (CDI vendor names do)" $where $domain) -}}
+{{- end -}}
+{{- if not (regexMatch "^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?$" $local) -}}
+{{- fail (printf "%s: with cdi enabled the name %q must be letters, digits, \"_\" or \"-\", starting with a letter (CDI class names do)" $where $local) -}}
+{{- end -}}
+{{- end -}}
+{{- $mode := "verify" -}}
+{{- if and $r.preparation $r.preparation.mode -}}{{- $mode = $r.preparation.mode -}}{{- end -}}
+{{- if and $r.preparation (hasKey $r.preparation "handoff") (ne $mode "handoff") -}}
+{{- fail (printf "config.resources[%d].preparation.handoff: is only used with mode: handoff (mode is %s)" $i $mode) -}}
 {{- end -}}
 {{- if hasKey $seen $r.name -}}
 {{- fail (printf "%s: duplicates config.resources[%d].name" $where (get $seen $r.name)) -}}

@@ -43,7 +43,7 @@ function kv(line) {
  * exitCode is the payload's exit code from the guest's marker line, or null when the guest
  * never printed it (error then says why: timeout, no-device, qemu exited, ...).
  */
-export function boot({ machine, vmlinux, initrd, timeoutMs, guestTimeoutS, devices = 1, extraAppend = '', qemu = 'qemu-system-ppc64', onOutput }) {
+export function boot({ machine, vmlinux, initrd, timeoutMs, guestTimeoutS, devices = 1, extraAppend = '', memory, qemu = 'qemu-system-ppc64', onOutput }) {
   const m = MACHINES[machine];
   if (!m) throw new Error(`unknown machine ${machine} (use ${Object.keys(MACHINES).join(' or ')})`);
   const append = [m.append, 'quiet', 'panic=-1', `pvdp.dev=${m.deviceId}`, `pvdp.timeout=${guestTimeoutS}`, extraAppend]
@@ -52,7 +52,9 @@ export function boot({ machine, vmlinux, initrd, timeoutMs, guestTimeoutS, devic
   const console = m.nodefaults ? ['-nodefaults', '-nographic', '-serial', 'stdio'] : ['-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-net', 'none'];
   const devArgs = [];
   for (let i = 1; i <= devices; i++) devArgs.push(...m.device(i));
-  const args = [...m.args, ...devArgs, ...console, '-no-reboot', '-kernel', vmlinux, '-initrd', initrd, '-append', append];
+  // `memory` (e.g. '4G') replaces the machine's -m (the kernel preparation benchmark maps 1 GiB).
+  const machineArgs = memory ? m.args.map((a, i) => (m.args[i - 1] === '-m' ? String(memory) : a)) : m.args;
+  const args = [...machineArgs, ...devArgs, ...console, '-no-reboot', '-kernel', vmlinux, '-initrd', initrd, '-append', append];
   const t0 = Date.now();
   return new Promise((resolve) => {
     const child = spawn(qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -99,7 +99,7 @@ class Edu {
 
 async function main() {
   const before = vfioFds();
-  report(before.length === 0, 'the pod is a separate process: no VFIO or memfd fd before the claim', `${before.length} such fds ${before.join(',')}, pid ${process.pid}`);
+  report(before.length === 0, 'the pod is a separate process (no VFIO or memfd fd before the claim)', `${before.length} such fds${before.length ? ` ${before.join(',')}` : ''}, pid ${process.pid}`);
   let claimed;
   try {
     claimed = await claim(socketPath, { timeoutMs: 10_000, transport: unixClaimTransport(b) });

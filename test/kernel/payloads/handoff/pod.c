@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
     memset(&h, 0, sizeof h);
     if (!from_exec) {
         int n = vfio_fds(list, sizeof list);
-        report(n == 0, "the pod is a separate process: no VFIO or memfd fd before the claim", "%d such fds%s%s, pid %d", n, n ? ": " : "", list,
+        report(n == 0, "the pod is a separate process (no VFIO or memfd fd before the claim)", "%d such fds%s%s, pid %d", n, n ? ": " : "", list,
                (int)getpid());
         char err[512];
         if (pvdp_handoff_claim(socket_path, 10000, &h, err, sizeof err) != 0) {

@@ -1,0 +1,193 @@
+// The "plugin" of the handoff suite: inside the pseries guest, a HandoffManager with the native
+// binding, the real unix transport (unixTransport) and the VFIO handoff source
+// (createVfioHandoffSource) allocates and prepares the edu's group (PreStartContainer) and serves
+// the socket; a SEPARATE process (the pod) claims and drives the edu through the pre-mapped window.
+// Rounds, one per client:
+//   c      payloads/handoff/pod.c (clients/c/pvdp_handoff.c linked in, static)
+//   node   payloads/handoff/pod-node.mjs (dist/handoff/client.js claim())
+//   exec   node dist/handoff/exec-cli.js exec -- pod fds ...   (the wrapper, the C pod on fds 3, 4, 5)
+// The pod prints `HANDOFF HOLDING` once it holds everything; the plugin then checks it holds nothing
+// (state claimed, socket gone, no VFIO fd, no memfd mapping), lets the pod exit, and checks that its
+// VmLck is back where it was and that the group opens again (nothing pinned, nothing held).
+// One line per check: `HANDOFF PASS|FAIL TAG: name: detail`; last `HANDOFF SUMMARY passed=N failed=N`.
+//
+//   node handoff-plugin.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,exec] [--memory BYTES]
+import { pathToFileURL } from 'node:url';
+import { join, resolve } from 'node:path';
+import { spawn } from 'node:child_process';
+import { readdirSync, readlinkSync, readFileSync, statSync, existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const dist = resolve(opt('dist', '/payload/dist'));
+const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
+const podC = resolve(opt('pod', '/payload/pod'));
+const rounds = opt('rounds', 'c,node,exec').split(',');
+const memorySize = Number(opt('memory', String(1 << 20)));
+const group = Number((process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]);
+const bdf = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0];
+
+const { NativeBinding, loadNativeAddon } = await import(pathToFileURL(`${dist}/vfio/native-binding.js`).href);
+const { HandoffManager } = await import(pathToFileURL(`${dist}/handoff/manager.js`).href);
+const { unixTransport } = await import(pathToFileURL(`${dist}/handoff/transport.js`).href);
+const { createVfioHandoffSource } = await import(pathToFileURL(`${dist}/prepare/handoff-source.js`).href);
+
+const b = new NativeBinding(loadNativeAddon(addonPath));
+const hex = (v) => `0x${BigInt(v).toString(16)}`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+let passed = 0;
+let failed = 0;
+function report(ok, tag, name, detail) {
+  if (ok) passed++;
+  else failed++;
+  console.log(`HANDOFF ${ok ? 'PASS' : 'FAIL'} ${tag}: ${name}${detail ? `: ${String(detail).replace(/\n/g, ' | ')}` : ''}`);
+}
+
+/** fds of `pid` that are VFIO nodes, memfds or VFIO anon inodes. */
+function vfioFds(pid = 'self') {
+  const out = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let target;
+    try {
+      target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (target.startsWith('/dev/vfio') || target.startsWith('/memfd:') || target.startsWith('anon_inode:[vfio')) out.push(`${fd}=${target}`);
+  }
+  return out;
+}
+const memfdMappings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:'));
+
+// The plugin's wiring, as src/ does it on a node, minus the kubelet.
+let lastDescription = null;
+const vfioSource = createVfioHandoffSource({ binding: b, devRoot: '/' });
+const source = async (resource, groups) => {
+  const payload = await vfioSource(resource, groups);
+  lastDescription = payload.description;
+  return payload;
+};
+const manager = new HandoffManager({
+  hostDir: '/run/pvdp-handoff',
+  containerDir: '/var/run/power-vfio/handoff',
+  transport: unixTransport(b),
+  source,
+  claimTimeoutMs: 120_000,
+});
+const resource = {
+  name: 'example.com/edu',
+  selectors: {},
+  preparation: { mode: 'handoff', handoff: { memorySize, claimTimeoutSeconds: 120, iommu: 'auto' } },
+};
+const groups = [{ id: group, name: null, phb: null, pe: null, functions: [{ address: bdf }], devNode: true, numaNodes: [], eeh: null, vfioCandidate: true, usable: true, problems: [] }];
+
+function podCommand(tag, socket) {
+  const env = { ...process.env, PVDP_VFIO_ADDON: addonPath };
+  if (tag === 'c') return { file: podC, args: ['claim', socket, bdf, tag], env };
+  if (tag === 'node') return { file: process.execPath, args: [join(dirnameOf(podC), 'pod-node.mjs'), '--socket', socket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath], env };
+  if (tag === 'exec') return { file: process.execPath, args: [join(dist, 'handoff', 'exec-cli.js'), 'exec', '--socket', socket, '--', podC, 'fds', bdf, tag], env };
+  throw new Error(`unknown round ${tag}`);
+}
+function dirnameOf(p) {
+  return p.slice(0, p.lastIndexOf('/')) || '/';
+}
+
+async function round(tag) {
+  const l0 = await b.lockedMemoryBytes();
+  const f0 = vfioFds();
+  const alloc = await manager.allocate(resource, groups);
+  const hostDir = alloc.mounts[0].host_path;
+  const socket = join(hostDir, 'handoff.sock');
+  const t0 = process.hrtime.bigint();
+  await manager.preStart(resource, groups);
+  const prepMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const l1 = await b.lockedMemoryBytes();
+  const d = lastDescription;
+  const st = manager.status()[0];
+  const isSock = existsSync(socket) && statSync(socket).isSocket();
+  report(
+    st?.state === 'ready' && isSock && d?.ranges.length === 1,
+    tag,
+    `the plugin prepares (allocate + preStart, ${memorySize >> 10} KiB) and serves the socket`,
+    `${d?.iommu.type}, window ${d?.window.start}+${d?.window.size} pageShift ${d?.window.pageShift}, range iova ${d?.ranges[0]?.iova}+${d?.ranges[0]?.size}, ` +
+      `VmLck ${hex(l0)} -> ${hex(l1)}, plugin fds +${vfioFds().length - f0.length}, ${prepMs.toFixed(0)} ms, socket ${socket} (${alloc.envs.PVDP_HANDOFF_SOCKET} in the container)`,
+  );
+
+  const cmd = podCommand(tag, socket);
+  const pod = spawn(cmd.file, cmd.args, { stdio: ['pipe', 'pipe', 'inherit'], env: cmd.env });
+  const exited = new Promise((r) => pod.once('exit', (code, signal) => r({ code, signal })));
+  let holding = false;
+  const heldCheck = new Promise((resolveHeld) => {
+    const rl = createInterface({ input: pod.stdout });
+    rl.on('line', async (line) => {
+      console.log(line);
+      if (!line.startsWith('HANDOFF HOLDING')) return;
+      holding = true;
+      // The pod holds everything: the plugin holds nothing of it any more.
+      const s = manager.status()[0];
+      const mine = vfioFds();
+      const maps = memfdMappings();
+      report(
+        s.state === 'claimed' && s.sockets.length === 0 && !existsSync(socket) && mine.length === f0.length && maps.length === 0,
+        tag,
+        'after the claim the plugin holds nothing (state claimed, socket removed, no VFIO fd, no memfd mapping)',
+        `state ${s.state}, sockets ${s.sockets.length}, socket file ${existsSync(socket) ? 'present' : 'gone'}, plugin VFIO fds ${mine.length} (${mine.join(',') || 'none'}), memfd mappings ${maps.length}`,
+      );
+      const lHeld = await b.lockedMemoryBytes();
+      report(lHeld === l1, tag, "while the pod holds the container, the pinned memory stays charged to the plugin's mm (VmLck unchanged)", `VmLck ${hex(lHeld)} (prepared ${hex(l1)})`);
+      if (tag === 'exec') {
+        const wrapper = vfioFds(pod.pid);
+        report(wrapper.length === 0, tag, 'the exec wrapper keeps no copy of the fds (only its child holds them)', `wrapper pid ${pod.pid}: ${wrapper.join(',') || 'none'}`);
+      }
+      pod.stdin.end('go\n');
+      resolveHeld();
+    });
+  });
+  const timer = setTimeout(() => pod.kill('SIGKILL'), 60_000);
+  const result = await exited;
+  clearTimeout(timer);
+  if (holding) await heldCheck;
+  report(result.code === 0 && holding, tag, 'the pod exits 0', `exit ${result.code}${result.signal ? ` signal ${result.signal}` : ''}`);
+
+  // The pod's exit released everything in the kernel.
+  let l2 = await b.lockedMemoryBytes();
+  for (let i = 0; i < 50 && l2 !== l0; i++) {
+    await sleep(100);
+    l2 = await b.lockedMemoryBytes();
+  }
+  report(l2 === l0, tag, "after the pod exits the plugin's VmLck is back where it was", `VmLck ${hex(l0)} before prepare, ${hex(l1)} prepared and while held, ${hex(l2)} after the pod exited`);
+  let reopen;
+  try {
+    const fd = await b.openGroup('/', group);
+    await b.close(fd);
+    reopen = 'opened and closed';
+  } catch (err) {
+    reopen = `${err.code ?? ''} ${err.message}`;
+  }
+  report(reopen === 'opened and closed', tag, `nothing holds group ${group} any more (/dev/vfio/${group} opens again)`, reopen);
+}
+
+if (!Number.isInteger(group) || !bdf) {
+  console.log('HANDOFF FAIL setup: no group/bdf (PVDP_GROUPS/PVDP_BDFS)');
+  process.exit(2);
+}
+console.log(`# handoff on ${process.arch}, group ${group}, device ${bdf}, page ${b.pageSize}, plugin pid ${process.pid}`);
+await manager.start();
+const lStart = await b.lockedMemoryBytes();
+for (const tag of rounds) {
+  try {
+    await round(tag);
+  } catch (err) {
+    report(false, tag, 'round ran', `${err.code ?? ''} ${err.stack ?? err.message}`);
+  }
+}
+await manager.stop();
+const lEnd = await b.lockedMemoryBytes();
+const left = vfioFds();
+report(lEnd === lStart && left.length === 0, 'plugin', 'after every round and stop() the plugin VmLck is as at start and no VFIO fd is left', `VmLck ${hex(lStart)} -> ${hex(lEnd)}, fds ${left.join(',') || 'none'}`);
+console.log(`HANDOFF SUMMARY passed=${passed} failed=${failed}`);
+process.exit(failed === 0 && passed > 0 ? 0 : 1);
