@@ -37,6 +37,12 @@ import {
 export interface TopologyWatcherOptions {
   /** Safety poll period; real sysfs sends no inotify events, so this bounds how stale a driver change can be. */
   pollIntervalMs?: number;
+  /**
+   * Safety poll period while kernel uevents are received (they announce bind,
+   * unbind, hot-plug and EEH recovery at once). Default: the larger of
+   * pollIntervalMs and 60 s.
+   */
+  ueventPollIntervalMs?: number;
   /** Watch events arriving within this window are handled in one rescan. */
   debounceMs?: number;
   logger?: Logger;
@@ -82,6 +88,7 @@ const PENDING_UEVENT_LIMIT = 4096;
 export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> {
   readonly #roots: DiscoveryRoots;
   readonly #pollIntervalMs: number;
+  readonly #ueventPollIntervalMs: number;
   readonly #debounceMs: number;
   readonly #log: Logger;
   readonly #onChange: ((change: TopologyChange) => void) | undefined;
@@ -116,6 +123,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     super();
     this.#roots = roots;
     this.#pollIntervalMs = options.pollIntervalMs ?? 5000;
+    this.#ueventPollIntervalMs = options.ueventPollIntervalMs ?? Math.max(this.#pollIntervalMs, 60_000);
     this.#debounceMs = options.debounceMs ?? 50;
     this.#log = options.logger ?? silentLogger();
     this.#onChange = options.onChange;
@@ -308,7 +316,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
       })
         .catch((err: unknown) => this.#log.error({ err }, 'Topology poll failed; retrying at the next interval'))
         .finally(() => this.#schedulePoll());
-    }, this.#pollIntervalMs);
+      // With kernel uevents announcing changes, the safety poll only has to catch what they miss.
+    }, this.#uevents !== null ? this.#ueventPollIntervalMs : this.#pollIntervalMs);
   }
 
   async #armWatches(): Promise<void> {
