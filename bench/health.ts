@@ -104,7 +104,8 @@ export const health: Benchmark = {
       },
     ];
 
-    const p = await startChildPlugin(roots, await ctx.subdir('h'), groups, pollMs, true);
+    // The poll rows measure the fallback: keep the safety poll at pollMs although uevents are on.
+    const p = await startChildPlugin(roots, await ctx.subdir('h'), groups, pollMs, true, pollMs);
     const rows: (string | number)[][] = [];
     try {
       let seq = 0;

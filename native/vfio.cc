@@ -709,7 +709,22 @@ Napi::Value RecvFds(const Napi::CallbackInfo& info) {
         else close(got);
       }
     }
-  }, [](Napi::Env env, Result& r) {
+    if (msg.msg_flags & MSG_CTRUNC) {
+      // Some fds were dropped by the kernel: a partial set is useless, close what came.
+      for (int got : r.fds) close(got);
+      r.fds.clear();
+      r.u[0] = 1;
+    }
+  }, [maxFds](Napi::Env env, Result& r) {
+    if (r.u[0] == 1) {
+      Napi::Error e = Napi::Error::New(env,
+          "recvmsg: the passed fds were cut off (MSG_CTRUNC): this process is at its open-file limit "
+          "(RLIMIT_NOFILE, ulimit -n) or more than maxFds (" + std::to_string(maxFds) + ") were sent; "
+          "the fds that arrived were closed");
+      e.Set("code", Napi::String::New(env, "MSG_CTRUNC"));
+      e.Set("syscall", Napi::String::New(env, "recvmsg"));
+      throw e;
+    }
     Napi::Object o = Napi::Object::New(env);
     o.Set("data", Napi::Buffer<char>::Copy(env, r.data.data(), r.data.size()));
     Napi::Array a = Napi::Array::New(env, r.fds.size());

@@ -34,6 +34,8 @@ export interface DaemonDeps {
   handoff?: HandoffService | null;
   /** Kernel uevent source for the topology watcher; default: netlink on real sysfs. */
   uevents?: UeventSource | null;
+  /** Safety poll period while uevents arrive (default: the larger of the poll interval and 60 s). */
+  ueventPollIntervalMs?: number;
   /** Allocate's additions for handoff resources. */
   extendAllocation?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
 }
@@ -62,6 +64,7 @@ export class Daemon {
         pollIntervalMs: settings.pollIntervalMs,
         logger: deps.logger.child({ room: 'topology' }),
         ...(deps.uevents !== undefined ? { uevents: deps.uevents } : {}),
+        ...(deps.ueventPollIntervalMs !== undefined ? { ueventPollIntervalMs: deps.ueventPollIntervalMs } : {}),
       },
     );
     this.metrics = deps.metrics;

@@ -15,6 +15,8 @@ export interface ChildArgs {
   pollIntervalMs: number;
   /** Feed the watcher uevents sent by the benchmark (as the kernel would send them), instead of netlink. */
   fakeUevents?: boolean;
+  /** Safety poll period while uevents arrive (the health benchmark keeps it at pollIntervalMs). */
+  ueventPollIntervalMs?: number;
 }
 
 export type ChildRequest =
@@ -69,7 +71,7 @@ async function handle(req: ChildRequest): Promise<ChildReply> {
   switch (req.cmd) {
     case 'start': {
       const settings = await benchSettings({ sysfsRoot: args.sysfsRoot, devRoot: args.devRoot }, args.dir, args.pollIntervalMs);
-      daemon = await createDaemon(settings, uevents);
+      daemon = await createDaemon(settings, uevents, args.ueventPollIntervalMs);
       await daemon.start();
       return { id: req.id, ok: true };
     }

@@ -45,10 +45,15 @@ export function benchSettings(roots: DiscoveryRoots, dir: string, pollIntervalMs
   );
 }
 
-export async function createDaemon(settings: Settings, uevents: UeventSource | null = null): Promise<Daemon> {
+export async function createDaemon(settings: Settings, uevents: UeventSource | null = null, ueventPollIntervalMs?: number): Promise<Daemon> {
   const logger = silentLogger();
   const { preparer } = await buildPreparer({ simulate: true, devRoot: settings.devRoot, resources: settings.resources, logger });
-  return new Daemon(settings, { logger, uevents, ...(preparer ? { preparer } : {}) });
+  return new Daemon(settings, {
+    logger,
+    uevents,
+    ...(ueventPollIntervalMs !== undefined ? { ueventPollIntervalMs } : {}),
+    ...(preparer ? { preparer } : {}),
+  });
 }
 
 /** hrtime of the next `registered` event for the resource. */
@@ -152,12 +157,20 @@ export async function startChildPlugin(
   groups: number,
   pollIntervalMs: number,
   fakeUevents = false,
+  ueventPollIntervalMs?: number,
 ): Promise<ChildPlugin> {
   const kubelet = new SimulatedKubelet(join(dir, 'dp'));
   await kubelet.start();
   let child: DaemonChild | null = null;
   try {
-    child = await DaemonChild.spawn({ sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot, dir, pollIntervalMs, fakeUevents });
+    child = await DaemonChild.spawn({
+      sysfsRoot: roots.sysfsRoot,
+      devRoot: roots.devRoot,
+      dir,
+      pollIntervalMs,
+      fakeUevents,
+      ...(ueventPollIntervalMs !== undefined ? { ueventPollIntervalMs } : {}),
+    });
     const registered = nextRegistration(kubelet, 60_000);
     const firstUpdate = nextDevices(kubelet, allHealthy(groups), 60_000);
     const loaded = await child.sample(true);

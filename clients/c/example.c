@@ -2,10 +2,12 @@
  * Claims the handoff and shows what arrived:
  *   pvdp_handoff_example [SOCKET] [TEXT]
  * SOCKET defaults to $PVDP_HANDOFF_SOCKET. With TEXT, writes it at the start of
- * the first mapped range (what the device sees at ranges[0].iova) and prints
- * the 32 bytes at offset 4096 of that range.
+ * the first mapped range (what the device sees at ranges[0].iova), cut to the
+ * range's size, and prints the 32 bytes at offset 4096 of that range when the
+ * range is long enough. (The client checked that the range lies in the memory.)
  */
 #define _GNU_SOURCE
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,8 +45,21 @@ int main(int argc, char **argv) {
             return 1;
         }
         unsigned char *range = mem + h.ranges[0].offset;
-        memcpy(range, argv[2], strlen(argv[2]));
-        printf("read at 4096: %.32s\n", (const char *)range + 4096);
+        uint64_t room = h.ranges[0].size;
+        size_t len = strlen(argv[2]);
+        if ((uint64_t)len > room) {
+            fprintf(stderr, "TEXT is %zu bytes, the range only 0x%llx: cut\n", len, (unsigned long long)room);
+            len = (size_t)room;
+        }
+        memcpy(range, argv[2], len);
+        if (room >= 4096 + 32) {
+            char shown[33];
+            memcpy(shown, range + 4096, 32);
+            shown[32] = 0;
+            printf("read at 4096: %s\n", shown);
+        } else {
+            printf("read at 4096: (the range is only 0x%llx bytes)\n", (unsigned long long)room);
+        }
         munmap(mem, h.memory_size);
     }
     pvdp_handoff_close(&h);

@@ -28,14 +28,16 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) {
 
 /* ---- a tiny JSON reader: enough for our own description, bounded and defensive ---- */
 
+/* Every reader below takes NULL (a missing value) and answers NULL or -1. */
 static const char *ws(const char *p) {
+    if (!p) return NULL;
     while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
     return p;
 }
 
 /* Returns the first character after the string starting at p ('"'), or NULL. */
 static const char *skip_string(const char *p) {
-    if (*p != '"') return NULL;
+    if (!p || *p != '"') return NULL;
     for (p++; *p; p++) {
         if (*p == '\\') {
             if (!p[1]) return NULL;
@@ -48,6 +50,7 @@ static const char *skip_string(const char *p) {
 }
 
 static const char *skip_value(const char *p, int depth) {
+    if (!p) return NULL;
     p = ws(p);
     if (depth > MAX_DEPTH) return NULL;
     if (*p == '"') return skip_string(p);
@@ -84,6 +87,7 @@ static const char *skip_value(const char *p, int depth) {
 /* Copies the string at p into buf (NUL-terminated); 0 on success. \u escapes become '?'. */
 static int get_string(const char *p, char *buf, size_t len) {
     size_t n = 0;
+    if (!p || !buf) return -1;
     p = ws(p);
     if (*p != '"' || len == 0) return -1;
     for (p++; *p && *p != '"'; p++) {
@@ -112,8 +116,9 @@ static int get_string(const char *p, char *buf, size_t len) {
 /* The value of key in the object at p, or NULL. */
 static const char *obj_get(const char *p, const char *key) {
     char name[64];
+    if (!p || !key) return NULL;
     p = ws(p);
-    if (!p || *p != '{') return NULL;
+    if (*p != '{') return NULL;
     p = ws(p + 1);
     if (*p == '}') return NULL;
     for (;;) {
@@ -135,8 +140,9 @@ static const char *obj_get(const char *p, const char *key) {
 
 /* Element i of the array at p, or NULL. */
 static const char *arr_at(const char *p, int i) {
+    if (!p) return NULL;
     p = ws(p);
-    if (!p || *p != '[') return NULL;
+    if (*p != '[') return NULL;
     p = ws(p + 1);
     if (*p == ']') return NULL;
     for (int n = 0;; n++) {
@@ -169,12 +175,24 @@ static int get_int(const char *p, int *out) {
     return 0;
 }
 
+/* "0x" and 1 to 16 hex digits, nothing else (no sign, no spaces, no second prefix). */
 static int get_hex(const char *p, uint64_t *out) {
-    char buf[24], *end;
-    if (!p || get_string(p, buf, sizeof buf) || strncmp(buf, "0x", 2) || !buf[2]) return -1;
-    errno = 0;
-    *out = strtoull(buf + 2, &end, 16);
-    return (*end || errno) ? -1 : 0;
+    char buf[24];
+    uint64_t v = 0;
+    size_t n;
+    if (!p || get_string(p, buf, sizeof buf) || buf[0] != '0' || buf[1] != 'x') return -1;
+    n = strlen(buf + 2);
+    if (n < 1 || n > 16) return -1;
+    for (const char *c = buf + 2; *c; c++) {
+        int d;
+        if (*c >= '0' && *c <= '9') d = *c - '0';
+        else if (*c >= 'a' && *c <= 'f') d = *c - 'a' + 10;
+        else if (*c >= 'A' && *c <= 'F') d = *c - 'A' + 10;
+        else return -1;
+        v = (v << 4) | (uint64_t)d;
+    }
+    *out = v;
+    return 0;
 }
 
 static int get_bool(const char *p, int *out) {
@@ -206,6 +224,9 @@ static int parse_description(const char *d, struct pvdp_handoff *h, int nfds, ch
         get_bool(obj_get(window, "created"), &h->window_created) || get_hex(obj_get(memory, "size"), &h->memory_size) ||
         get_hex(obj_get(memory, "pageSize"), &h->memory_page_size) || get_bool(obj_get(memory, "hugetlb"), &h->hugetlb))
         return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: a field of iommu, window or memory is missing or mistyped");
+    if (h->window_size == 0 || h->window_start > UINT64_MAX - h->window_size)
+        return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the window 0x%llx+0x%llx is empty or wraps past 2^64",
+                    (unsigned long long)h->window_start, (unsigned long long)h->window_size);
     h->ngroups = arr_len(groups);
     h->nranges = arr_len(ranges);
     if (h->ngroups < 1 || h->ngroups > PVDP_HANDOFF_MAX_GROUPS || h->nranges < 0 || h->nranges > PVDP_HANDOFF_MAX_RANGES)
@@ -296,6 +317,11 @@ int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_hand
                 memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
                 if (nfds < MAX_FDS) fds[nfds++] = fd; else close(fd);
             }
+        }
+        if (msg.msg_flags & MSG_CTRUNC) {
+            fail(err, errlen, "PVDP_HANDOFF_FDS_TRUNCATED: the kernel cut off the passed fds (MSG_CTRUNC): this process is at its open-file limit "
+                              "(RLIMIT_NOFILE, ulimit -n); raise it or close fds, then restart the container to prepare again");
+            goto out;
         }
         if (n == 0) { fail(err, errlen, "PVDP_HANDOFF_CONNECTION_CLOSED: the plugin closed the connection without an answer"); goto out; }
         len += (size_t)n;

@@ -8,7 +8,7 @@ import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
 import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
 import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/plugin-manager.js';
-import { HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
+import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -47,7 +47,10 @@ export const FLAGS = {
   'dev-root': { type: 'string', help: 'Root under which dev/vfio is read (default /)' },
   'device-plugin-dir': { type: 'string', help: `Kubelet device-plugins directory (default ${DEFAULT_DEVICE_PLUGIN_DIR})` },
   'pod-resources-socket': { type: 'string', help: `Kubelet PodResources socket (default ${DEFAULT_POD_RESOURCES_SOCKET})` },
-  'poll-interval': { type: 'string', help: 'Seconds between safety rescans of sysfs (default 10)' },
+  'poll-interval': {
+    type: 'string',
+    help: 'Seconds between safety rescans of sysfs (default 10; while kernel uevents arrive, at least 60)',
+  },
   'log-level': { type: 'string', help: 'fatal, error, warn, info, debug, trace or silent (default info)' },
   simulate: { type: 'boolean', help: 'Run on the built-in simulated POWER node' },
   cdi: { type: 'boolean', help: 'Write CDI specs and name CDI devices in Allocate (default off)' },
@@ -165,8 +168,8 @@ export async function resolveSettings(
   const socketProblem = socketPathProblem(devicePluginDir, file.resources.map((r) => r.name));
   if (socketProblem) throw new ConfigError(`Invalid --device-plugin-dir: ${socketProblem}`, [`device-plugin-dir: ${socketProblem}`]);
   const handoffHostDir = resolve(str('handoff-dir') ?? file.handoff?.hostDir ?? DEFAULT_HANDOFF_HOST_DIR);
-  // Each preparation's socket lives at <dir>/alloc-<16 hex>/handoff.sock: refuse at start, not per pod.
-  const handoffSocket = join(handoffHostDir, `alloc-${'0'.repeat(16)}`, HANDOFF_SOCKET_NAME);
+  // Each preparation's socket lives at <dir>/alloc-<16 hex>/sock/handoff.sock: refuse at start, not per pod.
+  const handoffSocket = join(handoffHostDir, `alloc-${'0'.repeat(16)}`, HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME);
   if (file.resources.some((r) => r.preparation.mode === 'handoff') && Buffer.byteLength(handoffSocket) > MAX_SOCKET_PATH) {
     const problem = `handoff sockets under ${handoffHostDir} would be ${Buffer.byteLength(handoffSocket)} bytes long; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a directory of at most ${MAX_SOCKET_PATH - (Buffer.byteLength(handoffSocket) - Buffer.byteLength(handoffHostDir))} bytes`;
     throw new ConfigError(`Invalid --handoff-dir: ${problem}`, [`handoff-dir: ${problem}`]);

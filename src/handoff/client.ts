@@ -71,7 +71,14 @@ async function claimOn(channel: ClientChannel, transport: ClaimTransport, deadli
   let line: Buffer | null = null;
   try {
     for (;;) {
-      const msg = await retryAgain(() => io.recvFds(fd, 65536, 253), deadline, timeout);
+      const msg = await retryAgain(() => io.recvFds(fd, 65536, 253), deadline, timeout).catch((err: unknown) => {
+        if ((err as { code?: unknown }).code !== 'MSG_CTRUNC') throw err;
+        throw new HandoffClaimError(
+          'PVDP_HANDOFF_FDS_TRUNCATED',
+          'The kernel cut off the passed fds (MSG_CTRUNC): this process is at its open-file limit (RLIMIT_NOFILE); raise ulimit -n or close fds, then restart the container to prepare again',
+          { cause: err },
+        );
+      });
       fds.push(...msg.fds);
       if (msg.data.length === 0) break;
       chunks.push(msg.data);

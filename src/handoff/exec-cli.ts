@@ -12,6 +12,7 @@
 // window (MAP_DMA from it is EPERM).
 import { spawn } from 'node:child_process';
 import { closeSync, realpathSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { claim, claimedFdList, HandoffClaimError, type ClaimOptions } from './client.js';
@@ -163,13 +164,18 @@ export async function runHandoffCli(argv: readonly string[], deps: ExecDeps): Pr
     });
     child.once('exit', (code, signal) => {
       if (signal) {
-        const numbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGUSR1: 10, SIGUSR2: 12, SIGTERM: 15 };
-        done(128 + (numbers[signal] ?? 1));
+        done(signalExitCode(signal));
       } else {
         done(code ?? 1);
       }
     });
   });
+}
+
+/** The shell's status for a death by `signal`: 128 + its number on this platform. */
+export function signalExitCode(signal: NodeJS.Signals): number {
+  const n = (os.constants.signals as Record<string, number | undefined>)[signal];
+  return 128 + (n ?? 0);
 }
 
 function isMain(): boolean {

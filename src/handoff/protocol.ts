@@ -6,8 +6,18 @@
 
 export const HANDOFF_PROTOCOL_VERSION = 1;
 export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [HANDOFF_PROTOCOL_VERSION];
-/** The socket's file name inside the per-allocation directory. */
+/** The socket's file name inside the per-allocation socket directory. */
 export const HANDOFF_SOCKET_NAME = 'handoff.sock';
+/**
+ * The per-allocation layout on the host: `<hostDir>/alloc-<16 hex>/` (0700, never
+ * mounted) holds the plugin's record; only its `sock/` subdirectory, which holds
+ * nothing but the socket, is mounted into the container, read-only.
+ */
+export const HANDOFF_SOCKET_DIR = 'sock';
+/** The plugin's record of an allocation, next to (not inside) the mounted directory. */
+export const HANDOFF_RECORD_NAME = 'record.json';
+/** Bytes a handoff socket path adds to the host directory: `/alloc-<16 hex>/sock/handoff.sock`. */
+export const HANDOFF_SOCKET_SUFFIX_BYTES = Buffer.byteLength(`/alloc-${'0'.repeat(16)}/${HANDOFF_SOCKET_DIR}/${HANDOFF_SOCKET_NAME}`);
 /** Longest request line the plugin reads, newline included. */
 export const MAX_REQUEST_BYTES = 4096;
 /** Longest response line a client should accept. */

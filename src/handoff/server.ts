@@ -55,20 +55,27 @@ export class HandoffEndpoint {
 
   async listen(): Promise<void> {
     if (this.listener) return;
-    this.listener = await this.transport.listen(this.socketPath, (connection) => {
-      const p = this.handle(connection).catch((err: unknown) =>
-        this.logger.warn({ socket: this.socketPath, err: (err as Error).message }, 'Handoff connection failed'),
-      );
-      this.pending.add(p);
-      void p.finally(() => this.pending.delete(p));
-    });
+    const max = this.limits.maxConnections ?? 8;
+    this.listener = await this.transport.listen(
+      this.socketPath,
+      (connection) => {
+        const p = this.handle(connection).catch((err: unknown) =>
+          this.logger.warn({ socket: this.socketPath, err: (err as Error).message }, 'Handoff connection failed'),
+        );
+        this.pending.add(p);
+        void p.finally(() => this.pending.delete(p));
+      },
+      // Served connections plus as many being told BUSY; past that the transport drops them on accept.
+      { maxConnections: 2 * max },
+    );
   }
 
   private async handle(connection: HandoffConnection): Promise<void> {
     this.accepted += 1;
     if (this.active >= (this.limits.maxConnections ?? 8)) {
+      // One short line into a fresh socket buffer, then drop it: a refused client costs no waiting.
       await sendError(connection, 'PVDP_HANDOFF_BUSY', 'Too many connections to this handoff socket; retry in a moment');
-      await connection.close();
+      await connection.close({ now: true });
       return;
     }
     this.active += 1;

@@ -57,7 +57,7 @@ class SimulatedConnection implements HandoffConnection {
     await this.plugin.sendFds(this.fd, data, fds);
   }
 
-  async close(): Promise<void> {
+  async close(_options?: { now?: boolean }): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.plugin.close(this.fd).catch(() => undefined);

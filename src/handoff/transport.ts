@@ -24,25 +24,49 @@ export class ConnectionEndedError extends Error {
   }
 }
 
+/**
+ * Sending failed after the fds went out (sendmsg with SCM_RIGHTS wrote at least
+ * one byte, so the peer holds the fds): the claim happened even though the rest
+ * of the line did not arrive. The plugin must never hand the same fds out again.
+ */
+export class FdsDeliveredError extends Error {
+  readonly fdsDelivered = true;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'FdsDeliveredError';
+  }
+}
+
 /** One accepted connection, as the server side sees it. */
 export interface HandoffConnection {
   /** The request line (newline excluded). Rejects with HandoffProtocolError (too large) or ConnectionEndedError. */
   readRequest(maxBytes: number, timeoutMs: number): Promise<Buffer>;
-  /** Sends `data`; `fds` (the plugin's) ride on its first byte by SCM_RIGHTS. */
+  /**
+   * Sends `data`; `fds` (the plugin's) ride on its first byte by SCM_RIGHTS.
+   * Rejects with FdsDeliveredError when the fds went out but the rest failed.
+   */
   send(data: Buffer, fds: number[]): Promise<void>;
-  close(): Promise<void>;
+  /** Closes gracefully (waits briefly for the peer); `{ now: true }` drops the connection at once. */
+  close(options?: { now?: boolean }): Promise<void>;
 }
 
 export interface HandoffListener {
   readonly socketPath: string;
+  /** The transport's cap on connections open at once, when it has one. */
+  readonly maxConnections?: number;
   /** Stops accepting and removes the socket file; open connections finish. */
   close(): Promise<void>;
+}
+
+export interface ListenOptions {
+  /** Connections the transport keeps open at once; more are dropped on accept. */
+  maxConnections?: number;
 }
 
 /** The server side of a transport. */
 export interface HandoffTransport {
   readonly kind: 'unix' | 'simulated';
-  listen(socketPath: string, onConnection: (connection: HandoffConnection) => void): Promise<HandoffListener>;
+  listen(socketPath: string, onConnection: (connection: HandoffConnection) => void, options?: ListenOptions): Promise<HandoffListener>;
 }
 
 /** A connected client socket: its fd in the client's fd space and how to close it. */
@@ -148,15 +172,25 @@ class UnixConnection implements HandoffConnection {
     }
     if (sent < data.length) {
       const rest = data.subarray(sent);
-      await new Promise<void>((resolve, reject) => this.socket.write(rest, (err) => (err ? reject(err) : resolve())));
+      try {
+        if (this.socket.destroyed) throw new ConnectionEndedError('closed');
+        await new Promise<void>((resolve, reject) => this.socket.write(rest, (err) => (err ? reject(err) : resolve())));
+      } catch (err) {
+        if (sent > 0) throw new FdsDeliveredError(`The fds were delivered but the rest of the answer was not: ${(err as Error).message}`, { cause: err });
+        throw err;
+      }
     }
   }
 
-  async close(): Promise<void> {
+  async close(options: { now?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     const socket = this.socket;
     if (socket.destroyed) return;
+    if (options.now) {
+      socket.destroy();
+      return;
+    }
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         socket.destroy();
@@ -182,7 +216,7 @@ class UnixConnection implements HandoffConnection {
 export function unixTransport(io: Pick<VfioBinding, 'sendFds'>): HandoffTransport {
   return {
     kind: 'unix',
-    async listen(socketPath, onConnection) {
+    async listen(socketPath, onConnection, options = {}) {
       if (Buffer.byteLength(socketPath) > 107) throw new RangeError(`Socket path ${socketPath} is longer than the 107 bytes a unix socket allows`);
       await unlink(socketPath).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
@@ -190,6 +224,8 @@ export function unixTransport(io: Pick<VfioBinding, 'sendFds'>): HandoffTranspor
       const server = net.createServer((socket) => {
         onConnection(new UnixConnection(socket, io));
       });
+      // Past this many open connections net drops new ones on accept (a flood costs nothing more).
+      if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(socketPath, () => {
@@ -201,6 +237,7 @@ export function unixTransport(io: Pick<VfioBinding, 'sendFds'>): HandoffTranspor
       let closed = false;
       return {
         socketPath,
+        ...(options.maxConnections !== undefined ? { maxConnections: server.maxConnections } : {}),
         async close() {
           if (closed) return;
           closed = true;

@@ -13,20 +13,44 @@ import type { ListPodResourcesResponse__Output } from '../generated/v1/ListPodRe
 export interface DevicesInUseSnapshot {
   takenAtMs: number;
   byResource: Map<string, Set<string>>;
+  /**
+   * Per resource, the device ID set of each container holding some, as its IDs
+   * sorted (numerically when all are numbers, as IOMMU group IDs are) and
+   * joined by ",".
+   */
+  groupSets: Map<string, Set<string>>;
+}
+
+/** The key of a device ID set: sorted numerically when every ID is a number, else as strings. */
+export function deviceSetKey(ids: readonly string[]): string {
+  const numeric = ids.every((id) => /^\d+$/.test(id));
+  return [...new Set(ids)].sort(numeric ? (a, b) => Number(a) - Number(b) : undefined).map((id) => (numeric ? String(Number(id)) : id)).join(',');
 }
 
 export function devicesInUse(response: ListPodResourcesResponse__Output, takenAtMs: number): DevicesInUseSnapshot {
   const byResource = new Map<string, Set<string>>();
+  const groupSets = new Map<string, Set<string>>();
   for (const pod of response.pod_resources ?? []) {
     for (const container of pod.containers ?? []) {
+      // A container may list one resource in several entries: one set per container and resource.
+      const perResource = new Map<string, string[]>();
       for (const devices of container.devices ?? []) {
         let set = byResource.get(devices.resource_name);
         if (!set) byResource.set(devices.resource_name, (set = new Set()));
         for (const id of devices.device_ids ?? []) set.add(id);
+        const ids = perResource.get(devices.resource_name) ?? [];
+        ids.push(...(devices.device_ids ?? []));
+        perResource.set(devices.resource_name, ids);
+      }
+      for (const [resource, ids] of perResource) {
+        if (ids.length === 0) continue;
+        let sets = groupSets.get(resource);
+        if (!sets) groupSets.set(resource, (sets = new Set()));
+        sets.add(deviceSetKey(ids));
       }
     }
   }
-  return { takenAtMs, byResource };
+  return { takenAtMs, byResource, groupSets };
 }
 
 export class PodResourcesClient {
@@ -83,6 +107,8 @@ export class PodResourcesPoller {
   private readonly logger: Logger;
   /** Successful polls so far (tests). */
   polls = 0;
+  /** Listings whose handler threw (tests). */
+  reconcileFailures = 0;
 
   constructor(private readonly options: PodResourcesPollerOptions) {
     this.logger = (options.logger ?? silentLogger()).child({ room: 'pod-resources' });
@@ -117,13 +143,9 @@ export class PodResourcesPoller {
     const interval = this.options.intervalMs ?? 10_000;
     const now = this.options.now ?? Date.now;
     const takenAtMs = now();
+    let response: ListPodResourcesResponse__Output;
     try {
-      const response = await this.options.client.list();
-      if (this.failures > 0) this.logger.info({ failures: this.failures }, 'PodResources answers again');
-      this.failures = 0;
-      this.polls += 1;
-      await this.options.onSnapshot(devicesInUse(response, takenAtMs));
-      this.schedule(interval);
+      response = await this.options.client.list();
     } catch (err) {
       this.failures += 1;
       const backoff = Math.min(interval * 2 ** Math.min(this.failures, 10), this.options.maxBackoffMs ?? 60_000);
@@ -131,7 +153,19 @@ export class PodResourcesPoller {
       if (this.failures === 1) this.logger.warn(fields, 'PodResources List failed; unclaimed handoffs are released by their timeout meanwhile');
       else this.logger.debug(fields, 'PodResources List failed again');
       this.schedule(backoff);
+      return;
     }
+    if (this.failures > 0) this.logger.info({ failures: this.failures }, 'PodResources answers again');
+    this.failures = 0;
+    this.polls += 1;
+    try {
+      await this.options.onSnapshot(devicesInUse(response, takenAtMs));
+    } catch (err) {
+      // The kubelet answered; acting on the answer failed. Not a List failure: no backoff.
+      this.reconcileFailures += 1;
+      this.logger.error({ err: (err as Error).message }, 'Acting on a PodResources listing failed; trying again at the next poll');
+    }
+    this.schedule(interval);
   }
 
   async stop(): Promise<void> {

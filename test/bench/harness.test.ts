@@ -71,7 +71,7 @@ describe('npm run bench --quick', () => {
     }
     // Every goal of the issue is judged somewhere.
     const goals = report.goals.map((g: { figure: string }) => g.figure);
-    for (const id of ['allocate-serial', 'allocate-burst', 'restart-to-registered', 'idle-rss', 'idle-cpu-percent', 'alloc-heap-growth']) {
+    for (const id of ['allocate-serial', 'allocate-burst', 'restart-to-registered', 'idle-rss', 'idle-cpu-percent-uevents', 'alloc-heap-growth']) {
       expect(goals).toContain(id);
     }
     expect(goals.some((g: string) => g.startsWith('fault-to-listandwatch-'))).toBe(true);

@@ -8,7 +8,7 @@ import { parse } from 'yaml';
 import { parseConfig, parseConfigText } from '../../src/config/load.js';
 import { FLAGS, envNameOf, parseCommandLine, resolveSettings } from '../../src/config/settings.js';
 import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/kubelet/allocation.js';
-import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
+import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { MAX_SOCKET_PATH } from '../../src/kubelet/plugin-manager.js';
 import {
   NAMESPACE,
@@ -204,7 +204,7 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(settings.metricsPort).toBe(values.metrics.port);
       expect(settings.cdiSpecDir).toBe(values.cdi.enabled ? values.cdi.specDir : null);
       // The longest socket the plugin makes there fits a unix socket path.
-      expect(Buffer.byteLength(join(hostDir, 'alloc-0123456789abcdef', HANDOFF_SOCKET_NAME))).toBeLessThanOrEqual(MAX_SOCKET_PATH);
+      expect(Buffer.byteLength(join(hostDir, 'alloc-0123456789abcdef', HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME))).toBeLessThanOrEqual(MAX_SOCKET_PATH);
       if (values.cdi.enabled) expect(mount(ds, values.cdi.specDir).volume.hostPath?.path).toBe(values.cdi.specDir);
     });
 

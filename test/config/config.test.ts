@@ -132,7 +132,7 @@ describe('flags and environment', () => {
   it('refuses a handoff directory whose sockets would pass the limit, when a resource uses handoff', async () => {
     const long = `/var/run/${'h'.repeat(70)}`;
     await expect(resolveSettings(parseCommandLine(['--handoff-dir', long], {}).values, simulatedNodeConfig)).rejects.toThrow(
-      /use a directory of at most 71 bytes/,
+      /use a directory of at most 66 bytes/,
     );
     const s = await resolveSettings(parseCommandLine(['--handoff-container-dir', '/h'], {}).values, simulatedNodeConfig);
     expect(s.handoffHostDir).toBe('/var/run/power-vfio-device-plugin');

@@ -4,11 +4,11 @@
 // plugin side reads (and the reverse). Skipped where no C compiler exists.
 import { describe, it, expect, beforeAll, beforeEach, afterEach } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { createNativeBinding, type NativeBinding } from '../../src/vfio/native-binding.js';
-import { HandoffManager } from '../../src/handoff/manager.js';
+import { HandoffManager, type HandoffSource } from '../../src/handoff/manager.js';
 import { unixTransport } from '../../src/handoff/transport.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { eduGroups, handoffResource, MiB, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
@@ -18,13 +18,15 @@ const hasCc = ['/usr/bin/cc', '/usr/local/bin/cc'].some((p) => existsSync(p));
 let native: NativeBinding;
 let buildDir: string;
 let example: string;
+/** The example built with AddressSanitizer (and UBSan), or null with the reason printed. */
+let asanExample: string | null = null;
 let dir: string;
 let manager: HandoffManager;
 let state: RealFdSourceState;
 
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(args: string[], binary = example, shellPrefix = ''): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(example, args);
+    const child = shellPrefix ? spawn('sh', ['-c', `${shellPrefix}; exec "$0" "$@"`, binary, ...args]) : spawn(binary, args, { env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1' } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d.toString()));
@@ -39,6 +41,17 @@ describe.skipIf(!hasCc)('C client', () => {
     buildDir = await tempDir();
     example = join(buildDir, 'example');
     execFileSync('cc', ['-std=c99', '-Wall', '-Wextra', '-Werror', '-pedantic', '-O2', '-o', example, join(CLIENT_DIR, 'example.c'), join(CLIENT_DIR, 'pvdp_handoff.c')]);
+    try {
+      const out = join(buildDir, 'example-asan');
+      execFileSync('cc', ['-std=c99', '-g', '-O1', '-fno-omit-frame-pointer', '-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-o', out, join(CLIENT_DIR, 'example.c'), join(CLIENT_DIR, 'pvdp_handoff.c')], { stdio: 'pipe' });
+      execFileSync(out, ['/nonexistent'], { stdio: 'pipe' }).toString();
+      asanExample = out;
+    } catch (err) {
+      const e = err as { status?: number; stderr?: Buffer; message: string };
+      // The sanitized build runs: exit 1 is the claim failing on a missing socket, as it should.
+      if (e.status === 1 && /PVDP_HANDOFF_NO_SOCKET/.test(e.stderr?.toString() ?? '')) asanExample = join(buildDir, 'example-asan');
+      else console.log(`AddressSanitizer runs skipped: cc -fsanitize=address does not build or run here (${(e.stderr?.toString() || e.message).split('\n')[0]})`);
+    }
     return () => removeDir(buildDir);
   });
 
@@ -123,5 +136,103 @@ describe.skipIf(!hasCc)('C client', () => {
     } finally {
       await new Promise<void>((r) => server.close(() => r()));
     }
+  });
+
+  /** Serves one fixed answer per connection; runs the client (sanitized when it can) against each. */
+  async function answersGive(cases: Array<[string, RegExp]>): Promise<void> {
+    const path = join(dir, 'fixed.sock');
+    let i = 0;
+    const server = net.createServer((s) => {
+      const answer = cases[i++]![0];
+      s.once('data', () => s.end(answer));
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      for (const [, expected] of cases) {
+        const r = await run([path], asanExample ?? example);
+        expect(r.stderr).not.toMatch(/Sanitizer|runtime error/);
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.stderr).toMatch(expected);
+      }
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  }
+
+  const description = (window: { start: string; size: string }, iommu = '"type":"spapr-tce-v2","value":7') =>
+    `{"protocol":1,"result":"claimed","description":{"protocol":1,"iommu":{${iommu}},"window":{"start":"${window.start}","size":"${window.size}","pageShift":16,"pageSize":"0x10000","created":true},` +
+    `"memory":{"fdIndex":1,"size":"0x100000","pageSize":"0x10000","hugetlb":false},"groups":[{"group":4,"fdIndex":2,"functions":[]}],"ranges":[]}}\n`;
+
+  it('missing objects and fields are errors, not NULL dereferences (checked under ASan when available)', async () => {
+    await answersGive([
+      ['{"protocol":1,"result":"error"}\n', /^claim failed: PVDP_HANDOFF_INTERNAL: the plugin refused the claim/],
+      ['{"protocol":1,"result":"error","error":{}}\n', /^claim failed: PVDP_HANDOFF_INTERNAL: the plugin refused the claim/],
+      ['{"protocol":1,"result":"error","error":[]}\n', /^claim failed: PVDP_HANDOFF_INTERNAL/],
+      [description({ start: '0x800000000000000', size: '0x40000000' }, '"value":7'), /PVDP_HANDOFF_MALFORMED: a field of iommu, window or memory is missing or mistyped/],
+      [description({ start: '0x800000000000000', size: '0x40000000' }, ''), /PVDP_HANDOFF_MALFORMED: a field of iommu, window or memory/],
+    ]);
+  });
+
+  it('accepts only 0x and 1 to 16 hex digits, and refuses a window that wraps past 2^64', async () => {
+    const bad = /PVDP_HANDOFF_MALFORMED: a field of iommu, window or memory is missing or mistyped/;
+    await answersGive([
+      [description({ start: '0x-10', size: '0x1000' }), bad],
+      [description({ start: '0x0x1000', size: '0x1000' }), bad],
+      [description({ start: '0x 10', size: '0x1000' }), bad],
+      [description({ start: '0x10 ', size: '0x1000' }), bad],
+      [description({ start: '0x+10', size: '0x1000' }), bad],
+      [description({ start: '0x', size: '0x1000' }), bad],
+      [description({ start: '0x00000000000000001', size: '0x1000' }), bad],
+      [description({ start: '0xffffffffffff0000', size: '0x100000' }), /PVDP_HANDOFF_MALFORMED: the window 0xffffffffffff0000\+0x100000 is empty or wraps past 2\^64/],
+      // A well-formed one gets as far as counting the fds.
+      [description({ start: '0xFFFF0000', size: '0x10000' }), /PVDP_HANDOFF_MALFORMED: 0 fds arrived for 1 groups/],
+    ]);
+  });
+
+  it('a claimer at its open-file limit is told MSG_CTRUNC / RLIMIT_NOFILE, not a fd count mismatch', async () => {
+    const socket = await prepared();
+    // fds 0-2 and the socket (3) fit; the three passed fds do not.
+    const r = await run([socket], example, 'ulimit -n 5');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^claim failed: PVDP_HANDOFF_FDS_TRUNCATED: .*MSG_CTRUNC.*RLIMIT_NOFILE/);
+  });
+
+  it('the example stays inside a range smaller than its TEXT and than 4096 + 32 bytes', async () => {
+    await manager.stop();
+    const small: HandoffSource = async (res, groups) => {
+      const memfd = await native.memfdCreate('small');
+      await native.ftruncate(memfd, 4096n);
+      const fd = openSync('/dev/null', 'r');
+      const g = openSync('/dev/null', 'r');
+      const done = async () => {
+        closeSync(fd);
+        closeSync(g);
+        await native.close(memfd);
+      };
+      return {
+        description: {
+          protocol: 1,
+          resource: res.name,
+          iommu: { type: 'spapr-tce-v2', value: 7 },
+          window: { start: '0x1000000', size: '0x10000', pageShift: 12, pageSize: '0x1000', created: true },
+          memory: { fdIndex: 1, size: '0x1000', pageSize: '0x1000', hugetlb: false },
+          container: { fdIndex: 0 },
+          groups: groups.map((x, i) => ({ group: x.id, fdIndex: 2 + i, functions: [] })),
+          ranges: [{ iova: '0x1000000', size: '0x10', offset: '0xff0' }],
+          fds: ['container', 'memory', 'group:4'],
+        },
+        fds: [fd, memfd, g],
+        handedOver: done,
+        release: done,
+      };
+    };
+    manager = new HandoffManager({ hostDir: join(dir, 'h3'), containerDir: '/run/h', transport: unixTransport(native), source: small });
+    await manager.start();
+    const socket = await prepared();
+    const r = await run([socket, 'x'.repeat(100)], asanExample ?? example);
+    expect(r.stderr).not.toMatch(/Sanitizer|runtime error/);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/TEXT is 100 bytes, the range only 0x10: cut/);
+    expect(r.stdout).toMatch(/read at 4096: \(the range is only 0x10 bytes\)/);
   });
 });

@@ -5,10 +5,12 @@
 import { describe, it, expect, beforeAll, beforeEach, afterEach } from 'vitest';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import os from 'node:os';
 import { readFile } from 'node:fs/promises';
 import { createNativeBinding, type NativeBinding } from '../../src/vfio/native-binding.js';
 import { HandoffManager } from '../../src/handoff/manager.js';
 import { unixTransport } from '../../src/handoff/transport.js';
+import { signalExitCode } from '../../src/handoff/exec-cli.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { eduGroups, handoffResource, MiB, openFdCount, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
 
@@ -114,6 +116,15 @@ describe('power-vfio-handoff exec', () => {
     expect(result.stdout).toBe(`ready ${descFile}\ngot SIGTERM\n`);
     expect(result.code).toBe(9);
     expect(JSON.parse(await readFile(descFile, 'utf8'))).toMatchObject({ protocol: 1, childFds: { container: 3 } });
+  });
+
+  it('reports deaths by SIGSEGV, SIGABRT, SIGBUS and SIGPIPE as 128 + the signal number', async () => {
+    expect([signalExitCode('SIGSEGV'), signalExitCode('SIGABRT'), signalExitCode('SIGBUS'), signalExitCode('SIGPIPE')]).toEqual(
+      ['SIGSEGV', 'SIGABRT', 'SIGBUS', 'SIGPIPE'].map((name) => 128 + os.constants.signals[name as 'SIGSEGV']),
+    );
+    if (process.platform === 'linux') expect(signalExitCode('SIGSEGV')).toBe(139);
+    const result = await run(['exec', '--socket', socket, '--', process.execPath, '-e', "process.kill(process.pid, 'SIGSEGV')"]);
+    expect(result.code).toBe(128 + os.constants.signals.SIGSEGV);
   });
 
   it('fails clearly without a socket, on a second claim, and with bad usage', async () => {

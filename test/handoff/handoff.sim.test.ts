@@ -4,7 +4,7 @@
 // answers with a JSON error and changes nothing; nothing leaks.
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { stat, readFile, readdir, writeFile, mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { claim, HandoffClaimError } from '../../src/handoff/client.js';
 import { HANDOFF_SOCKET_NAME, parseHex } from '../../src/handoff/protocol.js';
 import type { SimulatedProcess } from '../../src/vfio/simulated-kernel.js';
@@ -29,7 +29,7 @@ const [g4] = eduGroups();
 
 function socketOf(n: SimNode): string {
   const status = n.manager.status();
-  return join(status[0]!.dirs[0]!, HANDOFF_SOCKET_NAME);
+  return join(status[0]!.socketDirs[0]!, HANDOFF_SOCKET_NAME);
 }
 
 /** Sends raw bytes on a fresh connection and returns the answer line (or '' when closed without one). */
@@ -59,12 +59,18 @@ async function rawExchange(n: SimNode, pod: SimulatedProcess, bytes: Buffer | nu
 }
 
 describe('handoff on the simulated kernel', () => {
-  it('Allocate makes a private directory with its record, a mount into the container and env naming the socket', async () => {
+  it('Allocate makes a private directory with its record, a read-only mount of its socket directory only, and env naming the socket', async () => {
     const extra = await node.manager.allocate(resource, [g4!]);
     const hostDir = extra.mounts![0]!.host_path!;
+    const allocDir = dirname(hostDir);
+    expect(basename(hostDir)).toBe('sock');
+    expect(dirname(allocDir)).toBe(node.hostDir);
+    expect((await stat(allocDir)).mode & 0o777).toBe(0o700);
     expect((await stat(hostDir)).mode & 0o777).toBe(0o700);
-    expect(JSON.parse(await readFile(join(hostDir, 'allocation.json'), 'utf8'))).toMatchObject({ resource: 'ibm.com/edu', groups: [4] });
-    expect(extra.mounts).toEqual([{ container_path: '/var/run/power-vfio/handoff/ibm.com_edu', host_path: hostDir, read_only: false }]);
+    // The record sits next to the mounted directory, where the pod cannot reach it; the mount holds nothing yet.
+    expect(JSON.parse(await readFile(join(allocDir, 'record.json'), 'utf8'))).toMatchObject({ version: 1, resource: 'ibm.com/edu', groups: [4] });
+    expect(await readdir(hostDir)).toEqual([]);
+    expect(extra.mounts).toEqual([{ container_path: '/var/run/power-vfio/handoff/ibm.com_edu', host_path: hostDir, read_only: true }]);
     expect(extra.envs).toMatchObject({
       PVDP_HANDOFF_SOCKET: '/var/run/power-vfio/handoff/ibm.com_edu/handoff.sock',
       PVDP_HANDOFF_SOCKET_IBM_COM_EDU: '/var/run/power-vfio/handoff/ibm.com_edu/handoff.sock',
@@ -264,7 +270,8 @@ describe('handoff on the simulated kernel', () => {
 
   it('PodResources: a group set no pod holds is released and its directories removed; held ones stay', async () => {
     await node.manager.stop();
-    node = simNode(dir, { podResourcesGraceMs: 0 });
+    // PodResources never removes a preparation inside its claim window: a short one here.
+    node = simNode(dir, { podResourcesGraceMs: 0, claimTimeoutMs: 30 });
     await node.manager.start();
     const { manager, plugin } = node;
     const g5 = eduGroups()[1]!;
@@ -272,14 +279,20 @@ describe('handoff on the simulated kernel', () => {
     const a5 = await manager.allocate(resource, [g5]);
     await manager.preStart(resource, [g4!]);
     await manager.preStart(resource, [g5]);
-    await manager.reconcile({ takenAtMs: Date.now() + 1, byResource: new Map([['ibm.com/edu', new Set(['5'])], ['other/x', new Set(['4'])]]) });
-    expect(manager.status().map((s) => [s.groups, s.state])).toEqual([[[5], 'ready']]);
-    await expect(stat(a4.mounts![0]!.host_path!)).rejects.toMatchObject({ code: 'ENOENT' });
+    const held = (ids: string[]) => ({ takenAtMs: Date.now() + 1000, byResource: new Map([['ibm.com/edu', new Set(ids)], ['other/x', new Set(['4'])]]) });
+    // Within the claim window nothing goes, held or not.
+    await manager.reconcile({ ...held(['5']), takenAtMs: Date.now() });
+    expect(manager.status().map((s) => s.state)).toEqual(['ready', 'ready']);
+    await new Promise((r) => setTimeout(r, 60));
+    await manager.idle();
+    await manager.reconcile(held(['5']));
+    expect(manager.status().map((s) => [s.groups, s.state])).toEqual([[[5], 'released']]);
+    await expect(stat(dirname(a4.mounts![0]!.host_path!))).rejects.toMatchObject({ code: 'ENOENT' });
     expect((await stat(a5.mounts![0]!.host_path!)).isDirectory()).toBe(true);
-    // Listings older than the allocation (plus grace) never release it.
+    // Listings older than the allocation (plus the window) never release it.
     await manager.reconcile({ takenAtMs: 0, byResource: new Map() });
     expect(manager.status()).toHaveLength(1);
-    await manager.reconcile({ takenAtMs: Date.now() + 1, byResource: new Map() });
+    await manager.reconcile(held([]));
     expect(manager.status()).toEqual([]);
     expect(plugin.openFds()).toEqual([]);
     expect(await plugin.lockedMemoryBytes()).toBe(0n);
@@ -292,21 +305,25 @@ describe('handoff on the simulated kernel', () => {
     await manager.stop();
     expect(plugin.openFds()).toEqual([]);
     expect(await plugin.lockedMemoryBytes()).toBe(0n);
-    const allocDir = extra.mounts![0]!.host_path!;
-    // A stale socket file (as a crash would leave) and a directory without a record.
-    await writeFile(join(allocDir, HANDOFF_SOCKET_NAME), '');
+    const socketDir = extra.mounts![0]!.host_path!;
+    const allocDir = dirname(socketDir);
+    // A stale socket file (as a crash would leave), a directory without a record, one of the older layout.
+    await writeFile(join(socketDir, HANDOFF_SOCKET_NAME), '');
     await mkdir(join(node.hostDir, 'alloc-00000000000000ff'));
+    await mkdir(join(node.hostDir, 'alloc-00000000000000fe'));
+    await writeFile(join(node.hostDir, 'alloc-00000000000000fe', 'allocation.json'), JSON.stringify({ resource: 'ibm.com/edu', groups: [4], createdMs: 1 }));
     await writeFile(join(node.hostDir, 'unrelated'), 'keep me');
 
     node = simNode(dir);
     await node.manager.start();
-    expect(await readdir(node.hostDir)).toEqual([allocDir.split('/').pop(), 'unrelated'].sort());
-    expect(await readdir(allocDir)).toEqual(['allocation.json']);
-    expect(node.manager.status()).toEqual([expect.objectContaining({ groups: [4], state: 'allocated', dirs: [allocDir] })]);
+    expect(await readdir(node.hostDir)).toEqual([basename(allocDir), 'unrelated'].sort());
+    expect(await readdir(allocDir)).toEqual(['record.json', 'sock']);
+    expect(await readdir(socketDir)).toEqual([]);
+    expect(node.manager.status()).toEqual([expect.objectContaining({ groups: [4], state: 'allocated', dirs: [allocDir], socketDirs: [socketDir] })]);
     // A container restart after the plugin restart prepares in the adopted directory.
     await node.manager.preStart(resource, [g4!]);
     const pod = node.kernel.spawnProcess();
-    await claim(join(allocDir, HANDOFF_SOCKET_NAME), { transport: node.network.claimTransport(pod) });
+    await claim(join(socketDir, HANDOFF_SOCKET_NAME), { transport: node.network.claimTransport(pod) });
     pod.exit();
   });
 

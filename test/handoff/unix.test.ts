@@ -142,4 +142,16 @@ describe('handoff over unix sockets with real fds', () => {
     expect(await openFdCount()).toBe(before);
     expect(await readdir(join(dir, 'h'))).toHaveLength(1);
   });
+
+  it('the native recvFds reports MSG_CTRUNC as its own error naming RLIMIT_NOFILE and keeps none of the fds', async () => {
+    const before = await openFdCount();
+    const [a, b] = await native.socketPair();
+    const memfds = [await native.memfdCreate('x'), await native.memfdCreate('y'), await native.memfdCreate('z')];
+    await native.sendFds(a, Buffer.from('three'), memfds);
+    const err = await native.recvFds(b, 64, 1).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'MSG_CTRUNC' });
+    expect((err as Error).message).toMatch(/RLIMIT_NOFILE/);
+    for (const fd of [a, b, ...memfds]) await native.close(fd);
+    expect(await openFdCount()).toBe(before);
+  });
 });

@@ -6,6 +6,8 @@
 //   c      payloads/handoff/pod.c (clients/c/pvdp_handoff.c linked in, static)
 //   node   payloads/handoff/pod-node.mjs (dist/handoff/client.js claim())
 //   exec   node dist/handoff/exec-cli.js exec -- pod fds ...   (the wrapper, the C pod on fds 3, 4, 5)
+// Allocate mounts only the allocation's sock/ directory into the container, read-only: the pod
+// here connects through such a view (a read-only bind mount of it), as in a container.
 // The pod prints `HANDOFF HOLDING` once it holds everything; the plugin then checks it holds nothing
 // (state claimed, socket gone, no VFIO fd, no memfd mapping), lets the pod exit, and checks that its
 // VmLck is back where it was and that the group opens again (nothing pinned, nothing held).
@@ -14,8 +16,8 @@
 //   node handoff-plugin.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,exec] [--memory BYTES]
 import { pathToFileURL } from 'node:url';
 import { join, resolve } from 'node:path';
-import { spawn } from 'node:child_process';
-import { readdirSync, readlinkSync, readFileSync, statSync, existsSync } from 'node:fs';
+import { spawn, execFileSync } from 'node:child_process';
+import { readdirSync, readlinkSync, readFileSync, statSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 
 const args = process.argv.slice(2);
@@ -117,7 +119,30 @@ async function round(tag) {
       `VmLck ${hex(l0)} -> ${hex(l1)}, plugin fds +${vfioFds().length - f0.length}, ${prepMs.toFixed(0)} ms, socket ${socket} (${alloc.envs.PVDP_HANDOFF_SOCKET} in the container)`,
   );
 
-  const cmd = podCommand(tag, socket);
+  // The container's view: a read-only bind mount of the mounted directory (what the kubelet makes of read_only: true).
+  const mountBin = existsSync('/bin/busybox') ? ['/bin/busybox', 'mount'] : ['mount'];
+  const umountBin = existsSync('/bin/busybox') ? ['/bin/busybox', 'umount'] : ['umount'];
+  const view = `/run/pvdp-pod-${tag}`;
+  mkdirSync(view, { recursive: true });
+  execFileSync(mountBin[0], [...mountBin.slice(1), '-o', 'bind', hostDir, view]);
+  execFileSync(mountBin[0], [...mountBin.slice(1), '-o', 'remount,bind,ro', view]);
+  let write;
+  try {
+    writeFileSync(join(view, 'record.json'), '{}');
+    write = 'succeeded';
+  } catch (err) {
+    write = err.code ?? err.message;
+  }
+  const hostEntries = readdirSync(hostDir);
+  report(
+    alloc.mounts[0].read_only === true && hostDir.endsWith('/sock') && write === 'EROFS' && hostEntries.join() === 'handoff.sock',
+    tag,
+    "the pod's mount is the allocation's sock/ directory only, read-only: it holds just the socket and writes fail",
+    `mount ${hostDir} read_only ${alloc.mounts[0].read_only}, entries ${hostEntries.join(',')}, a write through the read-only view ${write}`,
+  );
+  const podSocket = join(view, 'handoff.sock');
+
+  const cmd = podCommand(tag, podSocket);
   const pod = spawn(cmd.file, cmd.args, { stdio: ['pipe', 'pipe', 'inherit'], env: cmd.env });
   const exited = new Promise((r) => pod.once('exit', (code, signal) => r({ code, signal })));
   let holding = false;
@@ -151,7 +176,12 @@ async function round(tag) {
   const result = await exited;
   clearTimeout(timer);
   if (holding) await heldCheck;
-  report(result.code === 0 && holding, tag, 'the pod exits 0', `exit ${result.code}${result.signal ? ` signal ${result.signal}` : ''}`);
+  report(result.code === 0 && holding, tag, 'the pod exits 0 (it connected through the read-only view)', `exit ${result.code}${result.signal ? ` signal ${result.signal}` : ''}, socket ${podSocket}`);
+  try {
+    execFileSync(umountBin[0], [...umountBin.slice(1), view]);
+  } catch (err) {
+    console.log(`# umount ${view}: ${err.message}`);
+  }
 
   // The pod's exit released everything in the kernel.
   let l2 = await b.lockedMemoryBytes();
