@@ -705,11 +705,17 @@ Napi::Value RecvFds(const Napi::CallbackInfo& info) {
       for (size_t i = 0; i < count; i++) {
         int got;
         memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-        if (r.fds.size() < maxFds) r.fds.push_back(got);
-        else close(got);
+        if (r.fds.size() < maxFds) {
+          r.fds.push_back(got);
+        } else {
+          // The control buffer's alignment can leave room for more fds than asked:
+          // more than maxFds is the same failure as MSG_CTRUNC.
+          close(got);
+          r.u[1] = 1;
+        }
       }
     }
-    if (msg.msg_flags & MSG_CTRUNC) {
+    if ((msg.msg_flags & MSG_CTRUNC) || r.u[1] == 1) {
       // Some fds were dropped by the kernel: a partial set is useless, close what came.
       for (int got : r.fds) close(got);
       r.fds.clear();

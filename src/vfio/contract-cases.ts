@@ -924,6 +924,16 @@ export const contractCases: ContractCase[] = [
         equal((await b.pread(msg.fds[0]!, 11, 0n)).toString(), 'handed over', 'same file behind it');
         await rejectsWith(b.sendFds(a, Buffer.from('x'), [BAD_FD]), 'EBADF', 'sending a closed fd');
         await rejectsWith(b.sendFds(fd, Buffer.from('x'), []), 'ENOTSOCK', 'sendmsg on a memfd');
+        // More fds than the receiver takes: the kernel cuts them off (MSG_CTRUNC) and none is kept.
+        equal(await b.sendFds(a, Buffer.from('two'), [fd, fd]), 3, 'bytes sent with two fds');
+        let truncated: unknown = null;
+        try {
+          const extra = await b.recvFds(c, 64, 1);
+          opened.push(...extra.fds);
+        } catch (err) {
+          truncated = err;
+        }
+        equal((truncated as { code?: unknown } | null)?.code, 'MSG_CTRUNC', 'receiving two fds with room for one');
       } finally {
         for (const x of opened) await b.close(x).catch(() => undefined);
       }

@@ -1726,11 +1726,17 @@ export class SimulatedProcess implements VfioBinding {
     msg.files = [];
     if (msg.data.length > maxData) msg.data = msg.data.subarray(maxData);
     else s.queue.shift();
-    const fds: number[] = [];
-    files.forEach((f, i) => {
-      if (i < maxFds) fds.push(this.installFd(f));
-      else this.kernel.putFile(f); // MSG_CTRUNC: the kernel closes what did not fit
-    });
+    if (files.length > maxFds) {
+      // MSG_CTRUNC: the kernel drops what did not fit; like the native binding,
+      // a partial set is useless, so none is kept and the call fails.
+      for (const f of files) this.kernel.putFile(f);
+      this.kernel.record({ pid: this.pid, op: 'recvmsg', fd: socketFd, result: 'MSG_CTRUNC' });
+      throw Object.assign(
+        new Error(`recvmsg: the passed fds were cut off (MSG_CTRUNC): more than maxFds (${maxFds}) were sent; the fds that arrived were closed`),
+        { code: 'MSG_CTRUNC', syscall: 'recvmsg' },
+      );
+    }
+    const fds = files.map((f) => this.installFd(f));
     return { data: Buffer.from(data), fds };
   }
 }

@@ -80,7 +80,7 @@ describe('PodResources client and poller', () => {
       podResourcesIntervalMs: 25,
       podResourcesGraceMs: 0,
       // PodResources leaves a preparation to its claim timeout; a short one here.
-      claimTimeoutMs: 600,
+      claimTimeoutMs: 2000,
     });
     const resource = handoffResource();
     const [g4, g5] = eduGroups() as [ReturnType<typeof eduGroups>[number], ReturnType<typeof eduGroups>[number]];
