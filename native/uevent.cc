@@ -122,37 +122,73 @@ struct Monitor {
     thread.join();
   }
 
-  // Hand one item to the main thread without ever blocking on it.
-  void Post(Item* item) {
+  // Hand one item to the main thread without ever blocking on it. False when
+  // the queue was full (the item is dropped and counted).
+  bool Post(Item* item) {
     napi_status s = tsfn.NonBlockingCall(item);
-    if (s != napi_ok) {
-      delete item;
-      if (s == napi_queue_full) queueDrops.fetch_add(1, std::memory_order_relaxed);
-    }
+    if (s == napi_ok) return true;
+    delete item;
+    if (s == napi_queue_full) queueDrops.fetch_add(1, std::memory_order_relaxed);
+    return false;
   }
 
-  void PostError(int err, const char* syscall, const char* detail, bool fatal, uint64_t dropped = 0) {
+  Item* MakeError(int err, const char* syscall, const char* detail, bool fatal, uint64_t dropped) {
     auto* item = new Item();
     item->err = err;
     item->syscall = syscall;
     item->detail = detail;
     item->fatal = fatal;
     item->dropped = dropped;
-    Post(item);
+    return item;
+  }
+
+  void PostError(int err, const char* syscall, const char* detail, bool fatal, uint64_t dropped = 0) {
+    Post(MakeError(err, syscall, detail, fatal, dropped));
+  }
+
+  // True when close() asked the thread to stop within `ms` milliseconds.
+  bool StopRequested(int ms) {
+    struct pollfd pfd = {stopFd, POLLIN, 0};
+    int n;
+    do {
+      n = ::poll(&pfd, 1, ms);
+    } while (n < 0 && errno == EINTR);
+    return n > 0;
+  }
+
+  // A fatal error must reach JavaScript even when the queue is full, or the
+  // listener would look alive forever: retry until it is taken or close() comes.
+  void PostFatal(int err, const char* syscall) {
+    for (;;) {
+      Item* item = MakeError(err, syscall, "", true, 0);
+      if (tsfn.NonBlockingCall(item) == napi_ok) return;
+      delete item;
+      if (StopRequested(10)) return;
+    }
   }
 
   void Run() {
     std::vector<char> buf(kRecvBuffer);
     for (;;) {
-      // Report queue drops as soon as there is room again: the caller must rescan.
+      // Report queue drops as soon as there is room again: the caller must
+      // rescan. While the report itself does not fit, keep the count and
+      // wake up soon to try again rather than wait for the next uevent.
+      int timeoutMs = -1;
       uint64_t dropped = queueDrops.exchange(0, std::memory_order_relaxed);
-      if (dropped != 0) PostError(ENOBUFS, "uv_async_send", "the JavaScript queue was full; uevents were dropped", false, dropped);
+      if (dropped != 0) {
+        auto* report = MakeError(ENOBUFS, "uv_async_send", "the JavaScript queue was full; uevents were dropped", false, dropped);
+        if (tsfn.NonBlockingCall(report) != napi_ok) {
+          delete report;
+          queueDrops.fetch_add(dropped, std::memory_order_relaxed);
+          timeoutMs = 10;
+        }
+      }
 
       struct pollfd fds[2] = {{sock, POLLIN, 0}, {stopFd, POLLIN, 0}};
-      int n = ::poll(fds, 2, -1);
+      int n = ::poll(fds, 2, timeoutMs);
       if (n < 0) {
         if (errno == EINTR) continue;
-        PostError(errno, "poll", "", true);
+        PostFatal(errno, "poll");
         return;
       }
       if (fds[1].revents != 0) return;  // close() or teardown
@@ -179,7 +215,7 @@ struct Monitor {
             PostError(ENOBUFS, "recvmsg", "the socket buffer overflowed; uevents were lost", false);
             continue;
           }
-          PostError(err, "recvmsg", "", true);
+          PostFatal(err, "recvmsg");
           return;
         }
         if (msg.msg_flags & MSG_TRUNC) {

@@ -8,6 +8,7 @@
 // `ioctl`; a positive ioctl return rejects with `returnValue`. The TypeScript
 // wrapper (src/vfio/native-binding.ts) turns these into VfioError.
 #include <napi.h>
+#include <cmath>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -164,7 +165,8 @@ Napi::Promise Queue(Napi::Env env, const char* syscall, const std::string& ioctl
 int32_t ArgInt(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
   double d = info[i].As<Napi::Number>().DoubleValue();
-  if (d != static_cast<double>(static_cast<int64_t>(d)) || d < -2147483648.0 || d > 2147483647.0) {
+  // Range first: casting NaN, infinities or huge values to an integer is undefined behaviour.
+  if (!std::isfinite(d) || d < -2147483648.0 || d > 2147483647.0 || d != std::trunc(d)) {
     throw Napi::RangeError::New(info.Env(), std::string(name) + " must be a 32-bit integer");
   }
   return static_cast<int32_t>(d);
@@ -173,7 +175,7 @@ int32_t ArgInt(const Napi::CallbackInfo& info, size_t i, const char* name) {
 uint32_t ArgU32(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a number");
   double d = info[i].As<Napi::Number>().DoubleValue();
-  if (d != static_cast<double>(static_cast<int64_t>(d)) || d < 0 || d > 4294967295.0) {
+  if (!std::isfinite(d) || d < 0 || d > 4294967295.0 || d != std::trunc(d)) {
     throw Napi::RangeError::New(info.Env(), std::string(name) + " must be an integer in 0..2^32-1");
   }
   return static_cast<uint32_t>(d);
@@ -583,8 +585,9 @@ bool Inside(AddonData* data, uint64_t addr, uint64_t len) {
   auto it = data->maps.upper_bound(static_cast<uintptr_t>(addr));
   if (it == data->maps.begin()) return false;
   --it;
-  uint64_t start = it->first, end = it->first + it->second;
-  return addr >= start && len <= end - addr;
+  // Offset into the mapping first: an address past its end must not wrap around.
+  uint64_t offset = addr - it->first;
+  return offset <= it->second && len <= it->second - offset;
 }
 
 Napi::Value ReadMemory(const Napi::CallbackInfo& info) {
@@ -647,7 +650,12 @@ Napi::Value SendFds(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < arr.Length(); i++) {
     Napi::Value v = arr.Get(i);
     if (!v.IsNumber()) throw Napi::TypeError::New(info.Env(), "fds must be numbers");
-    fds.push_back(v.As<Napi::Number>().Int32Value());
+    double d = v.As<Napi::Number>().DoubleValue();
+    // Never let NaN or 2.9 turn into another fd that would cross to the peer.
+    if (!std::isfinite(d) || d < 0 || d > 2147483647.0 || d != std::trunc(d)) {
+      throw Napi::RangeError::New(info.Env(), "fds must be integers in 0..2^31-1");
+    }
+    fds.push_back(static_cast<int>(d));
   }
   auto data = std::make_shared<std::vector<char>>(buf.Data(), buf.Data() + buf.Length());
   return Queue(info.Env(), "sendmsg", "", [fd, data, fds](Result& r) {

@@ -149,7 +149,7 @@ export const configSchema = z
     devRoot: z.string().min(1).optional(),
     devicePluginDir: z.string().min(1).optional(),
     podResourcesSocket: z.string().min(1).optional(),
-    pollIntervalSeconds: z.number().positive().max(3600).optional(),
+    pollIntervalSeconds: z.number().min(0.1, 'must be at least 0.1 seconds').max(3600).optional(),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).optional(),
     /** Where handoff-mode resources keep their per-allocation directories and sockets. */
     handoff: z

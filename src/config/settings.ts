@@ -2,7 +2,7 @@
 // variables (PVDP_ + the flag in upper snake case), which win over the
 // configuration file, which wins over the defaults.
 import { parseArgs } from 'node:util';
-import { join, resolve } from 'node:path';
+import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
@@ -10,6 +10,7 @@ import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kube
 import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/plugin-manager.js';
 import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
+import { containerDirFor } from '../handoff/manager.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -136,7 +137,8 @@ export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv
 
 function positiveSeconds(text: string, what: string): number {
   const n = Number(text);
-  if (!Number.isFinite(n) || n <= 0 || n > 3600) throw new UsageError(`${what}: "${text}" is not a number of seconds in (0, 3600]`);
+  // At least 0.1 s: a poll interval that rounds to 0 ms would rescan back to back.
+  if (!Number.isFinite(n) || n < 0.1 || n > 3600) throw new UsageError(`${what}: "${text}" is not a number of seconds in [0.1, 3600]`);
   return n;
 }
 
@@ -174,6 +176,18 @@ export async function resolveSettings(
     const problem = `handoff sockets under ${handoffHostDir} would be ${Buffer.byteLength(handoffSocket)} bytes long; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a directory of at most ${MAX_SOCKET_PATH - (Buffer.byteLength(handoffSocket) - Buffer.byteLength(handoffHostDir))} bytes`;
     throw new ConfigError(`Invalid --handoff-dir: ${problem}`, [`handoff-dir: ${problem}`]);
   }
+  const handoffContainerDir = str('handoff-container-dir') ?? file.handoff?.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR;
+  if (!isAbsolute(handoffContainerDir)) {
+    throw new UsageError(`--handoff-container-dir: "${handoffContainerDir}" must be an absolute path`);
+  }
+  // The path the pod connects to must fit too: <containerDir>/<resource>/handoff.sock.
+  for (const r of file.resources.filter((x) => x.preparation.mode === 'handoff')) {
+    const inPod = join(containerDirFor(handoffContainerDir, r.name), HANDOFF_SOCKET_NAME);
+    if (Buffer.byteLength(inPod) > MAX_SOCKET_PATH) {
+      const problem = `the handoff socket of ${r.name} would be ${inPod} in the container, ${Buffer.byteLength(inPod)} bytes; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a shorter handoff container directory or resource name`;
+      throw new ConfigError(`Invalid handoff settings: ${problem}`, [`handoff.containerDir: ${problem}`]);
+    }
+  }
   const metricsPortText = str('metrics-port') ?? '9101';
   let metricsPort: number | null = null;
   if (metricsPortText !== 'off') {
@@ -198,7 +212,7 @@ export async function resolveSettings(
     metricsPort,
     metricsBind: str('metrics-bind') ?? '0.0.0.0',
     handoffHostDir,
-    handoffContainerDir: str('handoff-container-dir') ?? file.handoff?.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR,
+    handoffContainerDir,
     resources: file.resources,
   };
 }

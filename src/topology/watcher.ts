@@ -307,6 +307,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
 
   #schedulePoll(): void {
     if (this.#stopped) return;
+    // Never two chains of polls (a stop() and start() while a poll was running).
+    if (this.#pollTimer !== null) clearTimeout(this.#pollTimer);
     this.#pollTimer = setTimeout(() => {
       this.#pollTimer = null;
       this.#enqueue(async () => {
@@ -444,6 +446,12 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     if (err.fatal) {
       this.#uevents = null;
       this.#log.warn({ err }, 'The kernel uevent listener stopped; the safety poll takes over');
+      // The armed poll may be minutes away at the uevent period: re-arm at the plain one.
+      if (this.#pollTimer !== null) {
+        clearTimeout(this.#pollTimer);
+        this.#pollTimer = null;
+        this.#schedulePoll();
+      }
     } else {
       this.#log.warn({ err }, 'Kernel uevents were lost; checking every group');
     }

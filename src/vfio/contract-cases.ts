@@ -895,6 +895,9 @@ export const contractCases: ContractCase[] = [
         equal(b.readMemory(addr + 100n, pattern.length).toString(), pattern.toString(), 'read back');
         equal((await b.pread(fd, pattern.length, 100n)).toString(), pattern.toString(), 'the memfd holds it');
         await rejectsWithArgumentError(() => b.readMemory(addr + 64n * KiB - 4n, 8), 'read across the end');
+        // Far past the end (above every mapping): a RangeError, never a fault.
+        await rejectsWithArgumentError(() => b.readMemory(addr + (1n << 40n), 4), 'read far past the end');
+        await rejectsWithArgumentError(() => b.writeMemory(addr + 64n * KiB, Buffer.from('x')), 'write just past the end');
         await rejectsWithArgumentError(() => b.readMemory(0x1000n, 4), 'read of an unknown address');
         await rejectsWith(b.munmap(addr + 4096n, 4096n), 'EINVAL', 'munmap of part of a mapping');
         await succeeds(b.munmap(addr, 64n * KiB), 'munmap');

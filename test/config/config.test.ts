@@ -139,6 +139,22 @@ describe('flags and environment', () => {
     expect(s.handoffContainerDir).toBe('/h');
   });
 
+  it('checks the socket path the pod connects to, an absolute container directory and a sane poll interval', async () => {
+    const { writeFile: write, mkdtemp: mk, rm: remove } = await import('node:fs/promises');
+    const d = await mk('/tmp/pvdp-');
+    try {
+      const file = join(d, 'c.yaml');
+      await write(file, `resources: [{name: storage.accelerators.power.example.com/nvme-passthrough-gen4-x16-premium, selectors: {}, preparation: {mode: handoff}}]\n`);
+      await expect(resolveSettings(parseCommandLine(['--config', file], {}).values)).rejects.toThrow(/in the container, 1\d\d bytes/);
+      await expect(resolveSettings(parseCommandLine(['--handoff-container-dir', 'relative/dir'], {}).values, simulatedNodeConfig)).rejects.toThrow(
+        /must be an absolute path/,
+      );
+      await expect(resolveSettings(parseCommandLine(['--poll-interval', '0.0004'], {}).values, simulatedNodeConfig)).rejects.toThrow(/\[0\.1, 3600\]/);
+    } finally {
+      await remove(d, { recursive: true, force: true });
+    }
+  });
+
   it('refuses unknown flags, bad values and a missing configuration', async () => {
     expect(() => parseCommandLine(['--frobnicate'], {})).toThrow(UsageError);
     expect(() => parseCommandLine(['launch'], {})).toThrow(/Unknown command "launch"/);

@@ -291,6 +291,23 @@ describe('TopologyWatcher with uevents', () => {
     expect(lines).toContainEqual(expect.objectContaining({ level: 'warn', msg: 'The kernel uevent listener stopped; the safety poll takes over' }));
   });
 
+  it('polls at the uevent period while uevents arrive, and at once at the plain period after the listener dies', async () => {
+    const source = new FakeUeventSource();
+    const t = await tree();
+    const watcher = new TopologyWatcher(t.roots, { pollIntervalMs: 30, ueventPollIntervalMs: 3_600_000, uevents: source });
+    cleanups.push(() => watcher.stop());
+    await watcher.start();
+    const polls = watcher.stats().polls;
+    await new Promise((r) => setTimeout(r, 200));
+    // No poll for an hour while uevents flow.
+    expect(watcher.stats().polls).toBe(polls);
+    source.lose(true);
+    expect(watcher.stats().ueventsActive).toBe(false);
+    await waitFor(() => watcher.stats().polls >= polls + 2, { what: 'polls at the plain period' });
+    await bindDriver(t.roots, '0030:01:00.1', 'mlx5_core');
+    await waitFor(() => watcher.current().groups.get(3)?.usable === false, { what: 'the poll to find the rebinding' });
+  });
+
   it('falls back to the poll, logging once, when the source cannot start', async () => {
     const source = new FakeUeventSource();
     source.failWith = new UeventUnavailableError('Cannot open a kernel uevent socket (EACCES)', Object.assign(new Error('denied'), { code: 'EACCES', errno: 13, syscall: 'socket' }));
