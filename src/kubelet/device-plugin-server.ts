@@ -9,6 +9,7 @@ import { silentLogger } from '../log.js';
 import { PluginError, RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import { devicePluginProto, HEALTHY, UNHEALTHY } from './proto.js';
+import { shutdownServer } from './grpc-shutdown.js';
 import { allocate, mergeAllocation, preferredAllocation, resolveDevices, type AdvertisedDevice, type AllocationExtra } from './allocation.js';
 import type { DevicePluginHandlers } from '../generated/v1beta1/DevicePlugin.js';
 import type { Device } from '../generated/v1beta1/Device.js';
@@ -194,16 +195,7 @@ export class DevicePluginServer {
       }
     }
     this.watchers.clear();
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        server.forceShutdown();
-        resolve();
-      }, 2000);
-      server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await shutdownServer(server, 2000);
     this.server = null;
     if (await this.socketPresent()) {
       await unlink(this.socketPath).catch(() => undefined);

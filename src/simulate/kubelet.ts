@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { devicePluginProto, DEVICE_PLUGIN_API_VERSION, KUBELET_CHECKPOINT_NAME, KUBELET_SOCKET_NAME } from '../kubelet/proto.js';
 import { resourceNameProblem } from '../config/schema.js';
+import { shutdownServer } from '../kubelet/grpc-shutdown.js';
 import type { DevicePluginClient } from '../generated/v1beta1/DevicePlugin.js';
 import type { Device__Output } from '../generated/v1beta1/Device.js';
 import type { DevicePluginOptions__Output } from '../generated/v1beta1/DevicePluginOptions.js';
@@ -274,18 +275,7 @@ export class SimulatedKubelet extends EventEmitter<SimulatedKubeletEvents> {
     this.plugins.clear();
     const server = this.server;
     this.server = null;
-    if (server) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          server.forceShutdown();
-          resolve();
-        }, 1000);
-        server.tryShutdown(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
+    if (server) await shutdownServer(server, 1000);
   }
 
   async stop(): Promise<void> {
