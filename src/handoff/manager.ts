@@ -625,11 +625,15 @@ export class HandoffManager {
         await this.serial(slot, async () => {
           if (this.slots.get(slot.key) !== slot || !this.removable(slot, inUse.takenAtMs)) return;
           await this.releasePayload(slot, 'no pod holds the groups any more (PodResources)');
-          this.unregister(slot);
           const allocations = slot.allocations;
           slot.allocations = [];
           const failures: string[] = [];
-          for (const a of allocations) await this.removeAllocation(a).catch((err: unknown) => failures.push(`${a.dir}: ${(err as Error).message}`));
+          // The slot stays visible (status, idle) until its directories are gone.
+          try {
+            for (const a of allocations) await this.removeAllocation(a).catch((err: unknown) => failures.push(`${a.dir}: ${(err as Error).message}`));
+          } finally {
+            this.unregister(slot);
+          }
           if (failures.length > 0) throw new Error(`removing ${failures.join('; ')}`);
           this.logger.info({ resource: slot.resourceName, groups: slot.groups }, 'Removed the handoff directories of groups no pod holds');
         });
