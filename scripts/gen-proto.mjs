@@ -10,23 +10,40 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const out = join(root, 'src', 'generated');
 rmSync(out, { recursive: true, force: true });
 const bin = join(root, 'node_modules', '.bin', 'proto-loader-gen-types');
-execFileSync(
-  bin,
-  [
-    '--keepCase',
-    '--longs=String',
-    '--enums=String',
-    '--defaults',
-    '--oneofs',
-    '--grpcLib=@grpc/grpc-js',
-    '--outDir', out,
-    `--includeDirs=${join(root, 'proto')}`,
-    '--importFileExtension=.js',
-    'deviceplugin/v1beta1/deviceplugin.proto',
-    'podresources/v1/podresources.proto',
-  ],
-  { stdio: 'inherit', cwd: root },
-);
+// Two runs: the DRA files share package names (v1beta1, v1) with the device
+// plugin and PodResources files, so their types live in a directory of their own.
+const runs = [
+  { outDir: out, files: ['deviceplugin/v1beta1/deviceplugin.proto', 'podresources/v1/podresources.proto'] },
+  {
+    outDir: join(out, 'dra'),
+    files: [
+      'pluginregistration/v1/registration.proto',
+      'dra/v1/dra.proto',
+      'dra/v1beta1/dra.proto',
+      'dra-health/v1alpha1/health.proto',
+      'dra-health/v1beta1/health.proto',
+      'dra-health/v1/health.proto',
+    ],
+  },
+];
+for (const run of runs) {
+  execFileSync(
+    bin,
+    [
+      '--keepCase',
+      '--longs=String',
+      '--enums=String',
+      '--defaults',
+      '--oneofs',
+      '--grpcLib=@grpc/grpc-js',
+      '--outDir', run.outDir,
+      `--includeDirs=${join(root, 'proto')}`,
+      '--importFileExtension=.js',
+      ...run.files,
+    ],
+    { stdio: 'inherit', cwd: root },
+  );
+}
 
 // The generator records the absolute .proto path; keep the output the same on
 // every machine so a test can check it is in sync.

@@ -1,11 +1,17 @@
-// The node daemon: discovery feeds selection, selection feeds one kubelet
-// server per resource. Dependencies come in from the caller (the CLI, the
-// demo, tests), so each room is used only through its interface.
+// The node daemon: discovery feeds the inventory (selection and health), the
+// inventory feeds one kubelet front end: the device plugin API (a server per
+// resource) or the DRA driver. Dependencies come in from the caller (the CLI,
+// the demo, tests), so each room is used only through its interface.
 import type { Logger } from './log.js';
 import type { Settings } from './config/settings.js';
 import type { Topology, TopologyChange } from './topology/types.js';
 import { TopologyWatcher } from './topology/discover.js';
-import { PluginManager, type Preparer } from './kubelet/plugin-manager.js';
+import { PluginManager } from './kubelet/plugin-manager.js';
+import { DraDriver, type SlicePublishing } from './dra/driver.js';
+import type { ClaimPreparation, ClaimSource } from './dra/claim-state.js';
+import type { IommuVerification } from './dra/slices.js';
+import { Inventory, type InventoryState } from './inventory/inventory.js';
+import type { AllocationExtra, Preparer } from './prepare/types.js';
 import { CdiSpecWriter } from './cdi/spec-writer.js';
 import type { PluginMetrics } from './report/metrics.js';
 import type { NodeReporter } from './report/node-reporter.js';
@@ -16,7 +22,7 @@ import { HealthTracker } from './health/health-tracker.js';
 import { serializeByGroup } from './prepare/serialize.js';
 import type { UeventSource } from './topology/uevents.js';
 import type { HandoffService } from './handoff/service.js';
-import type { AllocationExtra } from './kubelet/allocation.js';
+import { PluginError } from './errors.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -38,11 +44,39 @@ export interface DaemonDeps {
   ueventPollIntervalMs?: number;
   /** Allocate's additions for handoff resources. */
   extendAllocation?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
+  /** The DRA front end's ways to the API server (settings.kubeletApi dra). */
+  dra?: DraDeps;
+}
+
+export interface DraDeps {
+  /** Reads a ResourceClaim. */
+  claims: ClaimSource;
+  /** Publishes the pool as ResourceSlices; null runs without publishing (tests of the kubelet side). */
+  slices: SlicePublishing | null;
+  /** What the last verification of a group learned (device attributes). */
+  verification?: (group: number) => IommuVerification | undefined;
+  /** Socket check period (tests). */
+  checkIntervalMs?: number;
+  healthResendMs?: number;
+}
+
+/** What a kubelet front end does with the inventory. */
+export interface KubeletFrontEnd {
+  start(): Promise<void>;
+  apply(state: InventoryState): void;
+  stop(): Promise<void>;
+  /** Per resource (device plugin) or for the driver (DRA): registered with the kubelet. */
+  readiness(): { name: string; registered: boolean }[];
 }
 
 export class Daemon {
   readonly settings: Settings;
-  readonly manager: PluginManager;
+  readonly inventory: Inventory;
+  /** The device plugin front end; null when the node serves DRA. */
+  readonly manager: PluginManager | null;
+  /** The DRA front end; null when the node serves the device plugin API. */
+  readonly dra: DraDriver | null;
+  readonly frontEnd: KubeletFrontEnd;
   private readonly watcher: TopologyWatcher;
   private readonly logger: Logger;
   private readonly metrics: PluginMetrics | undefined;
@@ -75,24 +109,57 @@ export class Daemon {
     const metrics = deps.metrics;
     const serial = deps.preparer ? serializeByGroup(deps.preparer) : undefined;
     const preparer = serial && metrics ? this.measured(serial, metrics) : serial;
-    this.manager = new PluginManager({
-      pluginDir: settings.devicePluginDir,
-      resources: settings.resources,
-      logger: deps.logger,
-      health: (group) => health.evaluate(group),
-      ...(deps.extendAllocation ? { allocationExtender: deps.extendAllocation } : {}),
-      ...(preparer ? { preparer } : {}),
-      ...(metrics
-        ? {
-            onRegistered: (resource: string, reason: string) => metrics.countRegistration(resource, reason),
-            onKubeletRestart: () => metrics.countKubeletRestart(),
-            onAllocate: (resource: string, containers: IommuGroup[][]) =>
-              metrics.countAllocation(resource, containers.reduce((n, c) => n + c.length, 0)),
-          }
-        : {}),
-      ...(deps.socketCheckIntervalMs ? { checkIntervalMs: deps.socketCheckIntervalMs } : {}),
-      ...(settings.cdiSpecDir ? { cdi: new CdiSpecWriter(settings.cdiSpecDir) } : {}),
-    });
+    this.inventory = new Inventory({ resources: settings.resources, logger: deps.logger, health: (group) => health.evaluate(group) });
+    if (settings.kubeletApi === 'dra') {
+      if (!deps.dra) throw new PluginError('PVDP_ERR_CONFIG', 'The DRA front end needs a way to the API server (internal wiring error)');
+      if (!settings.nodeName) {
+        throw new PluginError('PVDP_ERR_CONFIG', 'The DRA front end needs this node\'s name: set --node-name or NODE_NAME (the DaemonSet passes spec.nodeName)');
+      }
+      this.manager = null;
+      this.dra = new DraDriver({
+        driver: settings.dra.driverName,
+        nodeName: settings.nodeName,
+        registryDir: settings.dra.registryDir,
+        driverDir: settings.dra.driverDir,
+        cdiSpecDir: settings.dra.cdiSpecDir,
+        resources: settings.resources,
+        preparation: claimPreparation(preparer, this.handoff),
+        claims: deps.dra.claims,
+        slices: deps.dra.slices,
+        ...(deps.dra.verification ? { verification: deps.dra.verification } : {}),
+        ...(deps.dra.checkIntervalMs ? { checkIntervalMs: deps.dra.checkIntervalMs } : {}),
+        ...(deps.dra.healthResendMs ? { healthResendMs: deps.dra.healthResendMs } : {}),
+        logger: deps.logger,
+      });
+      this.frontEnd = this.dra;
+    } else {
+      this.dra = null;
+      const manager = new PluginManager({
+        pluginDir: settings.devicePluginDir,
+        resources: settings.resources,
+        logger: deps.logger,
+        inventory: this.inventory,
+        ...(deps.extendAllocation ? { allocationExtender: deps.extendAllocation } : {}),
+        ...(preparer ? { preparer } : {}),
+        ...(metrics
+          ? {
+              onRegistered: (resource: string, reason: string) => metrics.countRegistration(resource, reason),
+              onKubeletRestart: () => metrics.countKubeletRestart(),
+              onAllocate: (resource: string, containers: IommuGroup[][]) =>
+                metrics.countAllocation(resource, containers.reduce((n, c) => n + c.length, 0)),
+            }
+          : {}),
+        ...(deps.socketCheckIntervalMs ? { checkIntervalMs: deps.socketCheckIntervalMs } : {}),
+        ...(settings.cdiSpecDir ? { cdi: new CdiSpecWriter(settings.cdiSpecDir) } : {}),
+      });
+      this.manager = manager;
+      this.frontEnd = {
+        start: () => manager.start(),
+        apply: (state) => manager.apply(state),
+        stop: () => manager.stop(),
+        readiness: () => settings.resources.map((r) => ({ name: r.name, registered: manager.registered(r.name) })),
+      };
+    }
   }
 
   /** Times every preparation and counts the ioctl errors behind failures. */
@@ -116,7 +183,7 @@ export class Daemon {
 
   /** What is advertised now, for the node report and the device gauges. */
   snapshot(): NodeSnapshot {
-    const advertised = this.manager.snapshot();
+    const advertised = this.inventory.snapshot();
     return {
       resources: advertised.resources,
       conflicts: advertised.conflicts.map((c) => ({ group: c.group, resources: c.resources })),
@@ -127,7 +194,7 @@ export class Daemon {
   /** Applies a topology to the kubelet servers and reports; wakes up when a quiet period ends. */
   private apply(topology: Topology): void {
     this.health.retain(topology.groups.keys());
-    this.manager.applyTopology(topology);
+    this.frontEnd.apply(this.inventory.apply(topology));
     this.publish();
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.recoveryTimer = null;
@@ -162,7 +229,7 @@ export class Daemon {
     this.apply(topology);
     await this.handoff?.start();
     if (this.stopping) return topology;
-    await this.manager.start();
+    await this.frontEnd.start();
     return topology;
   }
 
@@ -195,9 +262,38 @@ export class Daemon {
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.recoveryTimer = null;
     await this.watcher.stop();
-    await this.manager.stop();
+    await this.frontEnd.stop();
     // Unclaimed preparations are released; claimed ones belong to their pods.
     await this.handoff?.stop();
     await this.reporter?.stop();
   }
+}
+
+/**
+ * The DRA front end's view of preparation: the same preparer PreStartContainer
+ * runs, plus the handoff directory Allocate makes in the device plugin mode.
+ * A failure releases whatever was made.
+ */
+function claimPreparation(preparer: Preparer | undefined, handoff: HandoffService | null): ClaimPreparation {
+  return {
+    async prepare(resource, groups) {
+      const mode = resource.preparation.mode;
+      if (mode === 'none') return null;
+      if (!preparer) throw new Error(`no preparer is set up for mode ${mode}`);
+      if (mode !== 'handoff') {
+        await preparer(resource, groups);
+        return null;
+      }
+      if (!handoff) throw new Error('the handoff mode is not set up on this node');
+      const [extra] = await handoff.extendAllocation(resource, [groups]);
+      try {
+        await preparer(resource, groups);
+      } catch (err) {
+        await handoff.release(resource.name, groups.map((g) => g.id)).catch(() => undefined);
+        throw err;
+      }
+      return extra ?? null;
+    },
+    release: (resourceName, groups) => handoff?.release(resourceName, groups) ?? Promise.resolve(),
+  };
 }

@@ -63,7 +63,7 @@ function sample(): ChildSample {
     userCpuUs: r.userCPUTime,
     systemCpuUs: r.systemCPUTime,
     maxRssKiB: r.maxRSS,
-    registrations: daemon?.manager.registrations('ibm.com/cx5') ?? 0,
+    registrations: daemon?.manager?.registrations('ibm.com/cx5') ?? 0,
   };
 }
 

@@ -3,7 +3,7 @@
 // container runtime injects the /dev/vfio nodes from these files.
 import { mkdir, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { VFIO_CONTAINER_PATH } from '../kubelet/allocation.js';
+import { VFIO_CONTAINER_PATH } from '../inventory/advertised.js';
 
 export const CDI_VERSION = '0.6.0';
 const FILE_PREFIX = 'power-vfio-';

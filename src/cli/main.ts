@@ -3,9 +3,10 @@
 // at work on the built-in simulated POWER node.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createLogger, type Logger } from '../log.js';
-import { PluginError } from '../errors.js';
+import { ConfigError, PluginError } from '../errors.js';
 import { parseCommandLine, resolveSettings, usage, type Settings } from '../config/settings.js';
-import { Daemon } from '../daemon.js';
+import { Daemon, type DraDeps } from '../daemon.js';
+import { apiClaimSource } from '../dra/claim-reader.js';
 import { routeGrpcLogs } from './grpc-logging.js';
 import { simulatedNodeConfig } from '../simulate/node-config.js';
 import { writeSysfsTree } from '../simulate/sysfs-tree.js';
@@ -49,6 +50,35 @@ function createReporter(settings: Settings, logger: Logger, metrics: ReturnType<
   });
 }
 
+/** The DRA front end's ways to the API server: claims to read, slices to publish. */
+async function draDeps(
+  settings: Settings,
+  logger: Logger,
+  platform: string | null,
+  lastVerification: (group: number) => GroupVerification | undefined,
+): Promise<DraDeps> {
+  if (!settings.nodeName) {
+    throw new ConfigError('The DRA front end needs this node\'s name: set --node-name or NODE_NAME (the chart passes spec.nodeName)', ['node-name: required with --kubelet-api dra']);
+  }
+  const kubeconfig = settings.kubeconfig ?? undefined;
+  const kubeConfig = () => loadKubeConfig(kubeconfig);
+  const { SlicePublisher } = await import('../dra/slice-publisher.js');
+  return {
+    claims: apiClaimSource({ kubeConfig }),
+    slices: new SlicePublisher({
+      driver: settings.dra.driverName,
+      nodeName: settings.nodeName,
+      platform: platform === 'powernv' || platform === 'pseries' ? platform : null,
+      kubeConfig,
+      logger,
+    }),
+    verification: (group) => {
+      const v = lastVerification(group);
+      return v ? { ...capabilitiesOf(v), defaultWindowSize: v.info.dma32WindowSize } : undefined;
+    },
+  };
+}
+
 async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
   let simulatedDir: string | null = null;
   if (settings.simulate) {
@@ -60,20 +90,30 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
   const metrics = createMetrics({ version: await packageVersion() });
   const reporter = createReporter(settings, logger, metrics);
   // The simulated node is a POWER9 bare-metal server whatever the host is.
-  reporter?.setCapabilities(settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await readCpuCapabilities());
+  const cpu = settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await readCpuCapabilities();
+  reporter?.setCapabilities(cpu);
+  const dra = settings.kubeletApi === 'dra';
+  // Bound once the daemon exists: a verification adds attributes to the published devices.
+  let onVerifiedLate: (() => void) | null = null;
   const preparation = await buildPreparer({
     simulate: settings.simulate,
     devRoot: settings.devRoot,
     resources: settings.resources,
     logger,
-    ...(reporter ? { onVerified: (v: GroupVerification) => reporter.setCapabilities(capabilitiesOf(v)) } : {}),
+    allModes: dra,
+    onVerified: (v: GroupVerification) => {
+      reporter?.setCapabilities(capabilitiesOf(v));
+      onVerifiedLate?.();
+    },
     handoff: {
       hostDir: settings.handoffHostDir,
       containerDir: settings.handoffContainerDir,
-      podResourcesSocket: settings.podResourcesSocket,
+      // With DRA, NodeUnprepareResources says when a claim's groups are free.
+      podResourcesSocket: dra ? null : settings.podResourcesSocket,
     },
   });
   const daemon = new Daemon(settings, {
+    ...(dra ? { dra: await draDeps(settings, logger, cpu.platform ?? null, preparation.lastVerification) } : {}),
     logger,
     metrics,
     ...(reporter ? { reporter } : {}),
@@ -90,7 +130,7 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
       logger,
       readiness: () => ({
         discoveryDone: daemon.discovered,
-        resources: settings.resources.map((r) => ({ name: r.name, registered: daemon.manager.registered(r.name) })),
+        resources: daemon.frontEnd.readiness(),
         ...(reporter ? { apiReporting: reporter.status() } : {}),
       }),
     });
@@ -116,6 +156,10 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  if (daemon.dra) {
+    const driver = daemon.dra;
+    onVerifiedLate = () => driver.refresh();
+  }
   process.on('SIGHUP', () => {
     daemon.refresh().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'Rescan failed'));
   });

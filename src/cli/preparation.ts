@@ -4,8 +4,7 @@
 import type { Logger } from '../log.js';
 import type { IommuGroup, Topology } from '../topology/types.js';
 import type { ResourceConfig } from '../config/schema.js';
-import type { Preparer } from '../kubelet/plugin-manager.js';
-import type { AllocationExtra } from '../kubelet/allocation.js';
+import type { AllocationExtra, Preparer } from '../prepare/types.js';
 import type { VfioBinding } from '../vfio/binding.js';
 import { PluginError, RequestError } from '../errors.js';
 import { SimulatedKernel } from '../vfio/simulated-kernel.js';
@@ -20,6 +19,8 @@ export interface PreparationSetup {
   preparer: Preparer | undefined;
   /** One line on what the last preparation of a group did, for the demo. */
   describe(group: number): string;
+  /** The last successful verification of a group. */
+  lastVerification(group: number): GroupVerification | undefined;
   /** The simulated kernel, when running on the simulated node. */
   kernel: SimulatedKernel | null;
   /** Handoff mode: start it before serving the kubelet, stop it at shutdown. Null when no resource uses handoff. */
@@ -55,6 +56,11 @@ export interface PreparationOptions {
   onVerified?: (verification: GroupVerification) => void;
   /** The VFIO binding on a real node (tests); default the native addon. */
   binding?: VfioBinding;
+  /**
+   * Set up every mode whatever the resources say: with DRA a claim's own
+   * configuration may ask for verify or handoff on any resource.
+   */
+  allModes?: boolean;
 }
 
 function simulatedGroups(topology: Topology | undefined): { group: number; devices: string[] }[] {
@@ -76,10 +82,10 @@ async function nativeBinding(): Promise<VfioBinding> {
 }
 
 export async function buildPreparer(options: PreparationOptions): Promise<PreparationSetup> {
-  const needed = options.resources.some((r) => r.preparation.mode !== 'none');
-  const usesHandoff = options.resources.some((r) => r.preparation.mode === 'handoff');
+  const needed = options.allModes === true || options.resources.some((r) => r.preparation.mode !== 'none');
+  const usesHandoff = options.allModes === true || options.resources.some((r) => r.preparation.mode === 'handoff');
   if (!needed) {
-    return { preparer: undefined, describe: () => 'no preparation configured', kernel: null, handoff: null, extendAllocation: undefined, simulatedNetwork: null };
+    return { preparer: undefined, describe: () => 'no preparation configured', lastVerification: () => undefined, kernel: null, handoff: null, extendAllocation: undefined, simulatedNetwork: null };
   }
   let binding: VfioBinding;
   let kernel: SimulatedKernel | null = null;
@@ -144,6 +150,7 @@ export async function buildPreparer(options: PreparationOptions): Promise<Prepar
       const v = verify.last(group);
       return v ? describeVerification(v) : 'not verified';
     },
+    lastVerification: (group) => verify.last(group),
     kernel,
     handoff,
     extendAllocation: service ? (resource, containers) => service.extendAllocation(resource, containers) : undefined,

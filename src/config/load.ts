@@ -6,7 +6,8 @@ import type { z } from 'zod';
 import { configSchema, type FileConfig } from './schema.js';
 import { ConfigError } from '../errors.js';
 
-function formatPath(path: readonly PropertyKey[]): string {
+/** `resources[0].selectors.vendors` from a validation issue's path. */
+export function formatPath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const part of path) {
     if (typeof part === 'number') out += `[${part}]`;
@@ -15,7 +16,8 @@ function formatPath(path: readonly PropertyKey[]): string {
   return out === '' ? '(top level)' : out;
 }
 
-function describeIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+/** One line per bad field, each naming its path. */
+export function describeIssues(issues: readonly z.core.$ZodIssue[]): string[] {
   return issues.map((issue) => {
     if (issue.code === 'unrecognized_keys') {
       const base = formatPath(issue.path);

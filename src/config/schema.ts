@@ -2,6 +2,7 @@
 // declared here once; validation errors carry the path of the bad field.
 import { z } from 'zod';
 import { cdiKindProblem } from '../cdi/spec-writer.js';
+import { driverNameProblem } from '../dra/constants.js';
 
 /** Kubernetes extended resource names: `<domain>/<name>`, outside kubernetes.io. */
 const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
@@ -100,17 +101,30 @@ const hugePages = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return shift;
 });
 
+/**
+ * The handoff mode's options, field by field: the config file and the DRA
+ * claim configuration validate them with the same rules.
+ */
+export const handoffOptionFields = {
+  /** DMA memory prepared and mapped; default: the whole default (dma32) window of the container. */
+  memorySize: byteSize,
+  /** Back the memory with hugetlb pages of this size (the node must reserve them). */
+  hugePageShift: hugePages,
+  /** Release an unclaimed preparation after this many seconds. */
+  claimTimeoutSeconds: z.number().positive().max(86_400),
+  /** sPAPR TCE IOMMU version: auto (v2, else v1), or force one. */
+  iommu: z.enum(['auto', 'v1', 'v2']),
+};
+
+export const PREPARATION_MODES = ['none', 'verify', 'handoff'] as const;
+
 /** Options of the handoff mode. */
 export const handoffOptionsSchema = z
   .object({
-    /** DMA memory prepared and mapped; default: the whole default (dma32) window of the container. */
-    memorySize: byteSize.optional(),
-    /** Back the memory with hugetlb pages of this size (the node must reserve them). */
-    hugePageShift: hugePages.optional(),
-    /** Release an unclaimed preparation after this many seconds. */
-    claimTimeoutSeconds: z.number().positive().max(86_400).default(120),
-    /** sPAPR TCE IOMMU version: auto (v2, else v1), or force one. */
-    iommu: z.enum(['auto', 'v1', 'v2']).default('auto'),
+    memorySize: handoffOptionFields.memorySize.optional(),
+    hugePageShift: handoffOptionFields.hugePageShift.optional(),
+    claimTimeoutSeconds: handoffOptionFields.claimTimeoutSeconds.default(120),
+    iommu: handoffOptionFields.iommu.default('auto'),
   })
   .strict();
 
@@ -120,7 +134,7 @@ export const preparationSchema = z
      * none: no PreStartContainer; verify: prove the sPAPR container works, then release;
      * handoff: prepare and hand the container to the pod.
      */
-    mode: z.enum(['none', 'verify', 'handoff']).default('verify'),
+    mode: z.enum(PREPARATION_MODES).default('verify'),
     /** Only read in handoff mode. */
     handoff: handoffOptionsSchema.optional(),
   })
@@ -158,6 +172,23 @@ export const configSchema = z
         hostDir: z.string().min(1).default('/var/run/power-vfio-device-plugin'),
         /** Where a container sees its allocation's directory (a sub-directory per resource). */
         containerDir: z.string().regex(/^\//, 'must be an absolute path').default('/var/run/power-vfio/handoff'),
+      })
+      .strict()
+      .optional(),
+    /** The kubelet front end: the device plugin API or Dynamic Resource Allocation. */
+    kubeletApi: z.enum(['device-plugin', 'dra']).optional(),
+    /** The DRA front end (kubeletApi: dra). */
+    dra: z
+      .object({
+        driverName: z
+          .string()
+          .superRefine((name, ctx) => {
+            const problem = driverNameProblem(name);
+            if (problem) ctx.addIssue({ code: 'custom', message: problem });
+          })
+          .optional(),
+        pluginsRegistryDir: z.string().min(1).optional(),
+        pluginsDir: z.string().min(1).optional(),
       })
       .strict()
       .optional(),

@@ -7,16 +7,42 @@ import { ConfigError, UsageError } from '../errors.js';
 import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
 import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
-import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/plugin-manager.js';
+import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/socket-path.js';
 import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 import { containerDirFor } from '../handoff/manager.js';
+import {
+  DEFAULT_DRIVER_NAME,
+  DEFAULT_PLUGINS_DIR,
+  DEFAULT_PLUGINS_REGISTRY_DIR,
+  DRA_SOCKET_NAME,
+  driverNameProblem,
+  registrationSocketName,
+} from '../dra/constants.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
+/** Which kubelet API serves the devices on this node. */
+export type KubeletApi = 'device-plugin' | 'dra';
+
+/** The DRA front end's settings (used when kubeletApi is dra). */
+export interface DraSettings {
+  /** ResourceSlice `spec.driver`, the kubelet plugin's name and the CDI vendor. */
+  driverName: string;
+  /** The kubelet's plugin registry directory (registration socket). */
+  registryDir: string;
+  /** The driver's own directory: `<plugins dir>/<driver>` (service socket, checkpoint). */
+  driverDir: string;
+  /** Directory of the per-claim CDI specs. */
+  cdiSpecDir: string;
+}
+
 export interface Settings {
   configFile: string | null;
+  /** The kubelet front end: the device plugin API or Dynamic Resource Allocation. */
+  kubeletApi: KubeletApi;
+  dra: DraSettings;
   sysfsRoot: string;
   devRoot: string;
   devicePluginDir: string;
@@ -65,6 +91,10 @@ export const FLAGS = {
     help: `Where a container sees its handoff directory (default ${DEFAULT_HANDOFF_CONTAINER_DIR})`,
   },
   'cdi-spec-dir': { type: 'string', help: 'Directory for CDI specs (default /var/run/cdi)' },
+  'kubelet-api': { type: 'string', help: 'Kubelet API to serve: device-plugin or dra (default device-plugin)' },
+  'driver-name': { type: 'string', help: `DRA driver name (default ${DEFAULT_DRIVER_NAME})` },
+  'plugins-registry-dir': { type: 'string', help: `Kubelet plugin registry directory for DRA (default ${DEFAULT_PLUGINS_REGISTRY_DIR})` },
+  'plugins-dir': { type: 'string', help: `Kubelet plugins directory for DRA; the driver uses <dir>/<driver name> (default ${DEFAULT_PLUGINS_DIR})` },
   help: { type: 'boolean', help: 'Show this help' },
 } as const;
 
@@ -196,9 +226,12 @@ export async function resolveSettings(
       throw new UsageError(`--metrics-port: "${metricsPortText}" is not a port number or "off"`);
     }
   }
+  const dra = resolveDraSettings(str, file);
   const pollSeconds = str('poll-interval') !== undefined ? positiveSeconds(str('poll-interval')!, '--poll-interval') : (file.pollIntervalSeconds ?? 10);
   return {
     configFile,
+    kubeletApi: dra.kubeletApi,
+    dra: dra.settings,
     sysfsRoot: str('sysfs-root') ?? file.sysfsRoot ?? '/',
     devRoot: str('dev-root') ?? file.devRoot ?? '/',
     devicePluginDir,
@@ -215,4 +248,33 @@ export async function resolveSettings(
     handoffContainerDir,
     resources: file.resources,
   };
+}
+
+/** The front-end choice and the DRA paths; socket paths are checked against the kernel's limit here, not at the first kubelet call. */
+function resolveDraSettings(
+  str: (name: FlagName) => string | undefined,
+  file: FileConfig,
+): { kubeletApi: KubeletApi; settings: DraSettings } {
+  const api = str('kubelet-api') ?? file.kubeletApi ?? 'device-plugin';
+  if (api !== 'device-plugin' && api !== 'dra') {
+    throw new UsageError(`--kubelet-api: "${api}" is not one of device-plugin, dra`);
+  }
+  const driverName = str('driver-name') ?? file.dra?.driverName ?? DEFAULT_DRIVER_NAME;
+  const nameProblem = driverNameProblem(driverName);
+  if (nameProblem) throw new ConfigError(`Invalid --driver-name: ${nameProblem}`, [`driver-name: ${nameProblem}`]);
+  const registryDir = resolve(str('plugins-registry-dir') ?? file.dra?.pluginsRegistryDir ?? DEFAULT_PLUGINS_REGISTRY_DIR);
+  const driverDir = join(resolve(str('plugins-dir') ?? file.dra?.pluginsDir ?? DEFAULT_PLUGINS_DIR), driverName);
+  const cdiSpecDir = resolve(str('cdi-spec-dir') ?? file.cdi?.specDir ?? '/var/run/cdi');
+  if (api === 'dra') {
+    for (const [flag, socket] of [
+      ['plugins-registry-dir', join(registryDir, registrationSocketName(driverName))],
+      ['plugins-dir', join(driverDir, DRA_SOCKET_NAME)],
+    ] as const) {
+      if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
+        const problem = `the socket path ${socket} is ${Buffer.byteLength(socket)} bytes; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a shorter directory`;
+        throw new ConfigError(`Invalid --${flag}: ${problem}`, [`${flag}: ${problem}`]);
+      }
+    }
+  }
+  return { kubeletApi: api, settings: { driverName, registryDir, driverDir, cdiSpecDir } };
 }

@@ -24,8 +24,8 @@ import { silentLogger } from '../log.js';
 import { RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import type { ResourceConfig } from '../config/schema.js';
-import type { ContainerAllocateResponse } from '../generated/v1beta1/ContainerAllocateResponse.js';
-import { resourceEnvSuffix } from '../kubelet/allocation.js';
+import type { AllocationExtra } from '../prepare/types.js';
+import { resourceEnvSuffix } from '../inventory/advertised.js';
 import {
   HANDOFF_PROTOCOL_VERSION,
   HANDOFF_RECORD_NAME,
@@ -349,7 +349,7 @@ export class HandoffManager {
    * mount and the env naming the socket. Throws RequestError when the host
    * directory is unusable.
    */
-  async allocate(resource: ResourceConfig, groups: readonly IommuGroup[]): Promise<Pick<ContainerAllocateResponse, 'envs' | 'mounts'>> {
+  async allocate(resource: ResourceConfig, groups: readonly IommuGroup[]): Promise<AllocationExtra> {
     const ids = groups.map((g) => g.id);
     const id = `alloc-${randomBytes(8).toString('hex')}`;
     const dir = join(this.options.hostDir, id);
@@ -624,23 +624,44 @@ export class HandoffManager {
       try {
         await this.serial(slot, async () => {
           if (this.slots.get(slot.key) !== slot || !this.removable(slot, inUse.takenAtMs)) return;
-          await this.releasePayload(slot, 'no pod holds the groups any more (PodResources)');
-          const allocations = slot.allocations;
-          slot.allocations = [];
-          const failures: string[] = [];
-          // The slot stays visible (status, idle) until its directories are gone.
-          try {
-            for (const a of allocations) await this.removeAllocation(a).catch((err: unknown) => failures.push(`${a.dir}: ${(err as Error).message}`));
-          } finally {
-            this.unregister(slot);
-          }
-          if (failures.length > 0) throw new Error(`removing ${failures.join('; ')}`);
+          await this.removeSlot(slot, 'no pod holds the groups any more (PodResources)');
           this.logger.info({ resource: slot.resourceName, groups: slot.groups }, 'Removed the handoff directories of groups no pod holds');
         });
       } catch (err) {
         this.logger.error({ key: slot.key, err: (err as Error).message }, 'Removing the handoff directories of a free group set failed; the other group sets go on');
       }
     }
+  }
+
+  /** Releases an unclaimed preparation, removes the directories and forgets the slot. Call inside serial(). */
+  private async removeSlot(slot: Slot, reason: string): Promise<void> {
+    await this.releasePayload(slot, reason);
+    const allocations = slot.allocations;
+    slot.allocations = [];
+    const failures: string[] = [];
+    // The slot stays visible (status, idle) until its directories are gone.
+    try {
+      for (const a of allocations) await this.removeAllocation(a).catch((err: unknown) => failures.push(`${a.dir}: ${(err as Error).message}`));
+    } finally {
+      this.unregister(slot);
+    }
+    if (failures.length > 0) throw new Error(`removing ${failures.join('; ')}`);
+  }
+
+  /**
+   * The owner of a group set says it is done with it (a DRA claim was
+   * unprepared): an unclaimed preparation is released and the directories go.
+   * A claimed one belongs to its pod; the kernel releases it when the pod's
+   * fds close. An unknown group set is fine (already forgotten, or never here).
+   */
+  async forget(resourceName: string, groups: readonly number[], reason: string): Promise<void> {
+    const slot = this.slots.get(groupSetKey(resourceName, groups));
+    if (!slot) return;
+    await this.serial(slot, async () => {
+      if (this.slots.get(slot.key) !== slot) return;
+      await this.removeSlot(slot, reason);
+      this.logger.info({ resource: slot.resourceName, groups: slot.groups, reason }, 'Removed a handoff and its directories');
+    });
   }
 
   /** Shutdown: release every unclaimed preparation and close every socket; directories stay for the next run. */

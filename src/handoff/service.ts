@@ -3,7 +3,7 @@
 import type { Logger } from '../log.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { IommuGroup } from '../topology/types.js';
-import type { AllocationExtra } from '../kubelet/allocation.js';
+import type { AllocationExtra } from '../prepare/types.js';
 import { PodResourcesClient, PodResourcesPoller } from '../kubelet/pod-resources.js';
 import { HandoffManager, type HandoffManagerOptions } from './manager.js';
 
@@ -54,6 +54,11 @@ export class HandoffService {
 
   preStart(resource: ResourceConfig, groups: IommuGroup[]): Promise<void> {
     return this.manager.preStart(resource, groups);
+  }
+
+  /** Done with a group set (a DRA claim was unprepared): release it and remove its directories. */
+  release(resourceName: string, groups: readonly number[]): Promise<void> {
+    return this.manager.forget(resourceName, groups, 'its claim was unprepared');
   }
 
   /** Releases every unclaimed preparation and closes every socket. */

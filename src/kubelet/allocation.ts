@@ -4,30 +4,8 @@
 import { RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import type { ContainerAllocateResponse } from '../generated/v1beta1/ContainerAllocateResponse.js';
-
-/** One advertised device: an IOMMU group and its health as last reported to the kubelet. */
-export interface AdvertisedDevice {
-  group: IommuGroup;
-  healthy: boolean;
-  /** Why the device is unhealthy, for error messages. */
-  reason?: string;
-}
-
-/** Host and container path of the VFIO container node. */
-export const VFIO_CONTAINER_PATH = '/dev/vfio/vfio';
-
-/** `ibm.com/nvme-fast` -> `IBM_COM_NVME-FAST`: upper case, `/` and `.` as `_`, as KubeVirt looks it up. */
-export function resourceEnvSuffix(resourceName: string): string {
-  return resourceName.toUpperCase().replace(/[/.]/g, '_');
-}
-
-export function pciResourceEnvName(resourceName: string): string {
-  return `PCI_RESOURCE_${resourceEnvSuffix(resourceName)}`;
-}
-
-export function vfioGroupsEnvName(resourceName: string): string {
-  return `VFIO_GROUPS_${resourceEnvSuffix(resourceName)}`;
-}
+import { VFIO_CONTAINER_PATH, groupEnvironment, groupNodePath, type AdvertisedDevice } from '../inventory/advertised.js';
+import type { AllocationExtra } from '../prepare/types.js';
 
 const DEVICE_ID = /^(0|[1-9][0-9]{0,9})$/;
 
@@ -83,15 +61,11 @@ export function containerAllocation(
 ): ContainerAllocateResponse {
   const devices = options.cdi ? [] : [
     { container_path: VFIO_CONTAINER_PATH, host_path: VFIO_CONTAINER_PATH, permissions: 'rw' },
-    ...groups.map((g) => ({ container_path: `/dev/vfio/${g.id}`, host_path: `/dev/vfio/${g.id}`, permissions: 'rw' })),
+    ...groups.map((g) => ({ container_path: groupNodePath(g.id), host_path: groupNodePath(g.id), permissions: 'rw' })),
   ];
-  // Every function of every group: the group is allocated whole.
-  const functions = groups.flatMap((g) => g.functions.map((fn) => fn.address));
   return {
-    envs: {
-      [pciResourceEnvName(resourceName)]: functions.join(','),
-      [vfioGroupsEnvName(resourceName)]: groups.map((g) => String(g.id)).join(','),
-    },
+    // Every function of every group: the group is allocated whole.
+    envs: groupEnvironment(resourceName, groups),
     devices,
     mounts: [],
     annotations: {},
@@ -99,9 +73,6 @@ export function containerAllocation(
     cdi_devices: options.cdi ? groups.map((g) => ({ name: `${resourceName}=${g.id}` })) : [],
   };
 }
-
-/** What a preparation mode adds to one container's response (handoff: a mount and env). */
-export type AllocationExtra = Pick<ContainerAllocateResponse, 'envs' | 'mounts'>;
 
 /** Adds `extra`'s env and mounts to a container's response; refuses to overwrite an env or a mount path. */
 export function mergeAllocation(response: ContainerAllocateResponse, extra: AllocationExtra): ContainerAllocateResponse {

@@ -2,15 +2,17 @@
 // the kubelet's device-plugins directory. It speaks the wire contract and
 // delegates: allocation rules to ./allocation.ts, preparation to an injected hook.
 import { stat, unlink } from 'node:fs/promises';
-import { connect } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { PluginError, RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import { devicePluginProto, HEALTHY, UNHEALTHY } from './proto.js';
-import { shutdownServer } from './grpc-shutdown.js';
-import { allocate, mergeAllocation, preferredAllocation, resolveDevices, type AdvertisedDevice, type AllocationExtra } from './allocation.js';
+import { shutdownServer } from '../rpc/grpc-shutdown.js';
+import { socketAnswers } from '../rpc/unix-server.js';
+import { allocate, mergeAllocation, preferredAllocation, resolveDevices } from './allocation.js';
+import type { AdvertisedDevice } from '../inventory/advertised.js';
+import type { AllocationExtra } from '../prepare/types.js';
 import type { DevicePluginHandlers } from '../generated/v1beta1/DevicePlugin.js';
 import type { Device } from '../generated/v1beta1/Device.js';
 import type { ListAndWatchResponse } from '../generated/v1beta1/ListAndWatchResponse.js';
@@ -68,20 +70,6 @@ function statusOf(err: unknown): grpc.StatusObject {
   }
   const message = err instanceof Error ? err.message : String(err);
   return { code: grpc.status.INTERNAL, details: message, metadata: new grpc.Metadata() };
-}
-
-/** True when something accepts connections on the unix socket at `path`. */
-function socketAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    const done = (answer: boolean) => {
-      socket.destroy();
-      resolve(answer);
-    };
-    socket.setTimeout(1000, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
 }
 
 export class DevicePluginServer {

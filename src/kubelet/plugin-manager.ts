@@ -3,23 +3,21 @@
 // sockets), ended ListAndWatch streams and a kubelet that is not up yet.
 import { watch, type FSWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
 import { basename, join } from 'node:path';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import type { ResourceConfig } from '../config/schema.js';
-import { selectGroups, type SelectionConflict } from '../config/selection.js';
+import type { SelectionConflict } from '../config/selection.js';
 import type { IommuGroup, Topology } from '../topology/types.js';
-import { groupHealth, type GroupHealth } from '../health/group-health.js';
-import type { AdvertisedDevice } from './allocation.js';
+import type { GroupHealth } from '../health/group-health.js';
+import type { AdvertisedDevice } from '../inventory/advertised.js';
+import { Inventory, type InventorySnapshot, type InventoryState } from '../inventory/inventory.js';
+import type { AllocationExtra, Preparer } from '../prepare/types.js';
 import { DevicePluginServer, type AllocationExtender, type PreStartHook } from './device-plugin-server.js';
-import type { AllocationExtra } from './allocation.js';
 import { registerWithKubelet } from './registration.js';
 import { KUBELET_SOCKET_NAME } from './proto.js';
+import { socketNameFor } from './socket-path.js';
 import type { CdiSpecWriter } from '../cdi/spec-writer.js';
-
-/** Prepares groups before a container of `resource` starts (verify or handoff). */
-export type Preparer = (resource: ResourceConfig, groups: IommuGroup[]) => Promise<void>;
 
 export interface PluginManagerOptions {
   /** The kubelet's device-plugins directory. */
@@ -44,39 +42,19 @@ export interface PluginManagerOptions {
   onKubeletRestart?: () => void;
   /** Additions to Allocate's answer for handoff resources (the per-allocation mount and env). */
   allocationExtender?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
-  /** A group's health; defaults to the stateless rules of group-health.ts. */
+  /** A group's health; defaults to the stateless rules of group-health.ts. Ignored when `inventory` is given. */
   health?: (group: IommuGroup) => GroupHealth;
+  /** The inventory shared with the rest of the daemon; a private one is made when absent. */
+  inventory?: Inventory;
   /** Told after each successful Allocate with the groups of each container. */
   onAllocate?: (resource: string, containers: IommuGroup[][]) => void;
 }
 
 /** What the manager advertises now, per resource, for node reporting and metrics. */
-export interface AdvertisedSnapshot {
-  resources: { name: string; devices: { id: string; healthy: boolean; reason?: string }[] }[];
-  conflicts: SelectionConflict[];
-}
+export type AdvertisedSnapshot = InventorySnapshot;
 
 /** A stream that ends within this time of its registration counts as flapping. */
 const FLAP_WINDOW_MS = 30_000;
-
-/** Longest unix socket path the kernel takes (sun_path is 108 bytes with its NUL). */
-export const MAX_SOCKET_PATH = 107;
-
-/** A socket name unique per resource, short enough for the 108-byte socket path limit. */
-export function socketNameFor(pluginDir: string, resource: string): string {
-  const readable = `pvdp-${resource.replace(/[^A-Za-z0-9.-]/g, '_')}.sock`;
-  if (Buffer.byteLength(join(pluginDir, readable)) <= 100) return readable;
-  return `pvdp-${createHash('sha256').update(resource).digest('hex').slice(0, 16)}.sock`;
-}
-
-/** Why the directory cannot hold our sockets and the kubelet's, or null when it can. */
-export function socketPathProblem(pluginDir: string, resources: readonly string[]): string | null {
-  const paths = [join(pluginDir, KUBELET_SOCKET_NAME), ...resources.map((r) => join(pluginDir, socketNameFor(pluginDir, r)))];
-  const long = paths.find((p) => Buffer.byteLength(p) > MAX_SOCKET_PATH);
-  return long
-    ? `the socket path ${long} is ${Buffer.byteLength(long)} bytes; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a shorter device-plugins directory`
-    : null;
-}
 
 async function fileIdentity(path: string): Promise<string | null> {
   try {
@@ -277,16 +255,18 @@ export class PluginManager {
   private watcher: FSWatcher | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private checkTimer: NodeJS.Timeout | null = null;
-  private conflictsText = '';
   private stopped = false;
   private kubeletIdentity: string | null = null;
-  private advertised = new Map<string, AdvertisedDevice[]>();
-  /** Last selection conflicts, for reporting. */
-  conflicts: SelectionConflict[] = [];
+  private readonly inventory: Inventory;
+  private state: InventoryState;
 
   constructor(options: PluginManagerOptions) {
     this.options = options;
     this.logger = (options.logger ?? silentLogger()).child({ room: 'kubelet' });
+    this.inventory =
+      options.inventory ??
+      new Inventory({ resources: options.resources, logger: options.logger ?? silentLogger(), ...(options.health ? { health: options.health } : {}) });
+    this.state = this.inventory.current();
     const opts = {
       pluginDir: options.pluginDir,
       retryMinMs: options.retryMinMs ?? 250,
@@ -324,34 +304,27 @@ export class PluginManager {
     return this.endpoints.find((e) => e.resource.name === resource)?.registrations ?? 0;
   }
 
-  /** Recomputes each resource's devices from a topology; streams get changes at once. */
+  /** Last selection conflicts, for reporting. */
+  get conflicts(): SelectionConflict[] {
+    return [...this.state.conflicts];
+  }
+
+  /** Recomputes the inventory from a topology and advertises it (tests and callers without a shared inventory). */
   applyTopology(topology: Topology): void {
-    const selection = selectGroups(topology, this.options.resources);
+    this.apply(this.inventory.apply(topology));
+  }
+
+  /** Advertises an inventory state: streams get changes at once, CDI specs follow. */
+  apply(state: InventoryState): void {
+    this.state = state;
     for (const endpoint of this.endpoints) {
-      const groups = selection.byResource.get(endpoint.resource.name) ?? [];
-      const devices: AdvertisedDevice[] = groups.map((group) => {
-        const health = (this.options.health ?? groupHealth)(group);
-        return { group, healthy: health.healthy, ...(health.reason ? { reason: health.reason } : {}) };
-      });
-      endpoint.server.setDevices(devices);
-      this.advertised.set(endpoint.resource.name, devices);
+      endpoint.server.setDevices(state.byResource.get(endpoint.resource.name) ?? []);
     }
     if (this.options.cdi) {
-      const byResource = new Map([...selection.byResource].map(([r, groups]) => [r, groups.map((g) => g.id)]));
+      const byResource = new Map([...state.byResource].map(([r, devices]) => [r, devices.map((d) => d.group.id)]));
       this.options.cdi.update(byResource).catch((err: unknown) =>
         this.logger.error({ dir: this.options.cdi?.dir, err: (err as Error).message }, 'Cannot write the CDI specs'),
       );
-    }
-    this.conflicts = selection.conflicts;
-    const text = JSON.stringify(selection.conflicts);
-    if (text !== this.conflictsText) {
-      this.conflictsText = text;
-      for (const conflict of selection.conflicts) {
-        this.logger.warn(
-          { group: conflict.group, resources: conflict.resources },
-          'IOMMU group matches several resources; advertised by none until the selectors are made disjoint',
-        );
-      }
     }
   }
 
@@ -360,13 +333,13 @@ export class PluginManager {
     return {
       resources: this.options.resources.map((r) => ({
         name: r.name,
-        devices: (this.advertised.get(r.name) ?? []).map((d) => ({
+        devices: (this.state.byResource.get(r.name) ?? []).map((d: AdvertisedDevice) => ({
           id: String(d.group.id),
           healthy: d.healthy,
           ...(d.reason ? { reason: d.reason } : {}),
         })),
       })),
-      conflicts: this.conflicts,
+      conflicts: [...this.state.conflicts],
     };
   }
 

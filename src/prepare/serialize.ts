@@ -3,7 +3,7 @@
 // after its 30 s deadline, an init container racing the app) would fail with
 // EBUSY against the plugin itself. Identical requests in flight share one
 // result; overlapping ones wait their turn.
-import type { Preparer } from '../kubelet/plugin-manager.js';
+import type { Preparer } from './types.js';
 
 export function serializeByGroup(preparer: Preparer): Preparer {
   const inFlight = new Map<string, Promise<void>>();

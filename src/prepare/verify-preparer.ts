@@ -6,7 +6,7 @@ import { silentLogger } from '../log.js';
 import { RequestError } from '../errors.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { IommuGroup } from '../topology/types.js';
-import type { Preparer } from '../kubelet/plugin-manager.js';
+import type { Preparer } from './types.js';
 import type { VfioBinding } from '../vfio/binding.js';
 import { verifyGroups, formatBytes, type GroupVerification } from '../vfio/container-sequence.js';
 import { VfioPrepareError } from '../vfio/errors.js';

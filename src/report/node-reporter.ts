@@ -6,7 +6,6 @@
 // and are logged once per change of state, not per attempt.
 import { randomBytes } from 'node:crypto';
 import {
-  ApiException,
   CoreV1Api,
   KubeConfig,
   Observable,
@@ -20,6 +19,7 @@ import {
 } from '@kubernetes/client-node';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
+import { classifyApiError, type ApiErrorKind } from './api-errors.js';
 import type { NodeCapabilities, NodeSnapshot } from './snapshot.js';
 import {
   CONDITION_TYPE,
@@ -37,18 +37,7 @@ import {
 
 export const REPORTING_COMPONENT = 'power-vfio-device-plugin';
 
-/** Why the last request failed, in words an operator can act on. */
-export type ApiErrorKind =
-  | 'unreachable'
-  | 'timeout'
-  | 'unauthorized'
-  | 'forbidden'
-  | 'notFound'
-  | 'conflict'
-  | 'throttled'
-  | 'serverError'
-  | 'clientError'
-  | 'config';
+export type { ApiErrorKind } from './api-errors.js';
 
 export interface ReporterError {
   kind: ApiErrorKind;
@@ -765,45 +754,5 @@ function checkSnapshot(snapshot: NodeSnapshot): void {
 
 /** Sorts a failed request into what an operator can do about it. */
 function classify(operation: string, err: unknown, timedOut: boolean, timeoutMs: number): Omit<ReporterError, 'at'> {
-  if (timedOut) return { kind: 'timeout', operation, message: `no answer within ${timeoutMs} ms` };
-  if (err instanceof ApiException) {
-    const code = err.code;
-    const kind: ApiErrorKind =
-      code === 401
-        ? 'unauthorized'
-        : code === 403
-          ? 'forbidden'
-          : code === 404
-            ? 'notFound'
-            : code === 409
-              ? 'conflict'
-              : code === 429
-                ? 'throttled'
-                : code >= 500
-                  ? 'serverError'
-                  : 'clientError';
-    return { kind, operation, statusCode: code, message: apiMessage(err) };
-  }
-  const e = err as { code?: string; message?: string } | undefined;
-  const message = e?.message ?? String(err);
-  const code = e?.code ?? (e as { errno?: string } | undefined)?.errno;
-  // Anything else (refused, reset, DNS, TLS) means we did not get an answer from the server.
-  return { kind: 'unreachable', operation, message: code && !message.includes(code) ? `${code}: ${message}` : message };
-}
-
-/** The Status message from an ApiException body, falling back to its own message. */
-function apiMessage(err: ApiException<unknown>): string {
-  const body = err.body;
-  if (typeof body === 'string') {
-    try {
-      const parsed = JSON.parse(body) as { message?: unknown };
-      if (typeof parsed.message === 'string') return `HTTP ${err.code}: ${parsed.message}`;
-    } catch {
-      // Not JSON: use the text.
-    }
-    if (body.length > 0) return `HTTP ${err.code}: ${truncate(body, 300)}`;
-  } else if (body && typeof body === 'object' && typeof (body as { message?: unknown }).message === 'string') {
-    return `HTTP ${err.code}: ${(body as { message: string }).message}`;
-  }
-  return `HTTP ${err.code}`;
+  return classifyApiError(operation, err, timedOut, timeoutMs);
 }

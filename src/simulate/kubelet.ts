@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { devicePluginProto, DEVICE_PLUGIN_API_VERSION, KUBELET_CHECKPOINT_NAME, KUBELET_SOCKET_NAME } from '../kubelet/proto.js';
 import { resourceNameProblem } from '../config/schema.js';
-import { shutdownServer } from '../kubelet/grpc-shutdown.js';
+import { shutdownServer } from '../rpc/grpc-shutdown.js';
 import type { DevicePluginClient } from '../generated/v1beta1/DevicePlugin.js';
 import type { Device__Output } from '../generated/v1beta1/Device.js';
 import type { DevicePluginOptions__Output } from '../generated/v1beta1/DevicePluginOptions.js';

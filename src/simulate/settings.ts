@@ -5,6 +5,7 @@ import type { Settings } from '../config/settings.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { DiscoveryRoots } from '../topology/types.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR } from '../handoff/service.js';
+import { DEFAULT_DRIVER_NAME } from '../dra/constants.js';
 
 export function simulatedSettings(options: {
   roots: DiscoveryRoots;
@@ -12,9 +13,18 @@ export function simulatedSettings(options: {
   dir: string;
   resources: ResourceConfig[];
   pollIntervalMs?: number;
+  /** Serve DRA instead of the device plugin API (registry, plugins and CDI directories under `dir`). */
+  kubeletApi?: Settings['kubeletApi'];
 }): Settings {
   return {
     configFile: null,
+    kubeletApi: options.kubeletApi ?? 'device-plugin',
+    dra: {
+      driverName: DEFAULT_DRIVER_NAME,
+      registryDir: join(options.dir, 'reg'),
+      driverDir: join(options.dir, 'plugins', DEFAULT_DRIVER_NAME),
+      cdiSpecDir: join(options.dir, 'cdi'),
+    },
     sysfsRoot: options.roots.sysfsRoot,
     devRoot: options.roots.devRoot,
     devicePluginDir: join(options.dir, 'dp'),

@@ -147,3 +147,15 @@ export function parseAerFatalTotal(text: string): number | null {
   const n = Number(match[1]);
   return Number.isSafeInteger(n) ? n : null;
 }
+
+/**
+ * The root complex of a device from its sysfs link target
+ * (`../../../devices/pci0030:00/0030:00:00.0/0030:01:00.0` -> `pci0030:00`):
+ * the first path part of the form `pciDDDD:BB`. Null when there is none.
+ */
+export function parsePcieRoot(target: string): string | null {
+  for (const part of target.split('/')) {
+    if (/^pci[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}$/.test(part)) return part.toLowerCase();
+  }
+  return null;
+}

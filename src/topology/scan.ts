@@ -21,6 +21,7 @@ import {
   pciDomain,
   type EehPeState,
   parseAerFatalTotal,
+  parsePcieRoot,
 } from './parse.js';
 import { readAttr, readLinkAttr, type ReadResult } from './sysfs-read.js';
 import type { DiscoveryIssue, DiscoveryRoots, EehInfo, IommuGroup, PciFunction, Topology } from './types.js';
@@ -104,7 +105,7 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
   const issue = (attr: string, message: string): void => {
     issues.push({ path: join(base, attr), message, group });
   };
-  const [vendorR, deviceR, classR, subVendorR, subDeviceR, driverR, overrideR, numaR, physfnR, aerR] = await Promise.all([
+  const [vendorR, deviceR, classR, subVendorR, subDeviceR, driverR, overrideR, numaR, physfnR, aerR, selfR] = await Promise.all([
     readAttr(join(base, 'vendor')),
     readAttr(join(base, 'device')),
     readAttr(join(base, 'class')),
@@ -115,6 +116,8 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
     readAttr(join(base, 'numa_node')),
     readLinkAttr(join(base, 'physfn')),
     readAttr(join(base, 'aer_dev_fatal')),
+    // The bus (or group) entry links into /sys/devices/pciDDDD:BB/...: the root complex.
+    readLinkAttr(base),
   ]);
 
   // Identity attributes are required: without them no selector can match safely.
@@ -180,6 +183,7 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
       numaNode,
       physfn,
       aerFatal: aerR.ok ? parseAerFatalTotal(aerR.text) : null,
+      pcieRoot: selfR.ok ? parsePcieRoot(selfR.text) : null,
     },
     issues,
   };

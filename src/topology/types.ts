@@ -39,6 +39,12 @@ export interface PciFunction {
    * absent where the kernel exposes no AER statistics for the function.
    */
   aerFatal?: number | null;
+  /**
+   * The PCI root complex the function sits under, as sysfs names its directory
+   * (`pci0030:00`; in an LPAR the root bus need not be 00: `pci0206:a0`); null
+   * when the device link could not be read.
+   */
+  pcieRoot?: string | null;
 }
 
 /** Decoded `eeh_pe_state` and friends; present only where the kernel exposes EEH. */

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/kubelet/allocation.js';
+import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/inventory/advertised.js';
 
 describe('environment names', () => {
   it('follow KubeVirt: upper case, "/" and "." as "_", "-" kept', () => {

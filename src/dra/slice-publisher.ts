@@ -1,0 +1,774 @@
+// Keeps this node's DRA pool on the API server: the ResourceSlices that
+// buildSlices describes, under deterministic names, replacing whatever an
+// earlier run left. The kubelet deletes a node's slices when it starts, so a
+// watch (and a periodic resync as a safety net) notices slices vanishing or
+// being changed by someone else and publishes again. Like the node reporter,
+// the API server is a best-effort audience here: nothing throws into the
+// caller, failures back off exponentially with jitter and are logged once per
+// change of state. @kubernetes/client-node is loaded on first use only.
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type {
+  ConfigurationOptions,
+  CoreV1Api,
+  KubeConfig,
+  ObservableMiddleware,
+  RequestContext,
+  ResourceV1Api,
+  ResponseContext,
+  V1ResourceSlice,
+} from '@kubernetes/client-node';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import { classifyApiError, type ApiErrorKind, type ClassifiedApiError } from '../report/api-errors.js';
+import { buildSlices, sameSliceContent, type PublishedDevice, type ResourceSlice, type SliceContext } from './slices.js';
+
+type ClientModule = typeof import('@kubernetes/client-node');
+
+export type PublisherState = 'starting' | 'published' | 'retrying' | 'stopped';
+
+export interface PublisherStatus {
+  state: PublisherState;
+  /** Pool generation of the last publish; 0 before the first. */
+  generation: number;
+  /** Slices and devices of the last publish. */
+  slices: number;
+  devices: number;
+  /** Why the last attempt failed, or why the last update could not be taken; cleared by a success. */
+  lastError?: string;
+}
+
+export interface SlicePublisherOptions {
+  /** The DRA driver name (`spec.driver`). */
+  driver: string;
+  /** This node's name (the downward API's spec.nodeName); also the pool's name. */
+  nodeName: string;
+  platform: 'powernv' | 'pseries' | null;
+  /** A KubeConfig, or a factory called on first use (and again after it failed). */
+  kubeConfig: KubeConfig | (() => Promise<KubeConfig> | KubeConfig);
+  logger?: Logger;
+  /** First retry delay after a failure; default 500 ms. */
+  retryMinMs?: number;
+  /** Largest retry delay; default 30 000 ms. */
+  retryMaxMs?: number;
+  /** Lists and compares this often even when the watch saw nothing; 0 turns it off. Default 60 000 ms. */
+  resyncMs?: number;
+  /** Deadline of each request (of a watch: until the server answers); default 10 000 ms. */
+  requestTimeoutMs?: number;
+  /** Updates within this window go out as one publish; default 50 ms. */
+  coalesceMs?: number;
+  /** Random numbers in [0, 1) for the jitter; tests pin it. */
+  random?: () => number;
+}
+
+/** What the publisher still holds; all zero after stop(). For tests and diagnostics. */
+export interface PublisherActivity {
+  timers: number;
+  watching: boolean;
+  requests: number;
+  running: boolean;
+  /** Watch events received so far (bookmarks included). */
+  watchEvents: number;
+}
+
+class RequestFailure extends Error {
+  constructor(readonly detail: ClassifiedApiError) {
+    super(detail.message);
+  }
+}
+
+class Stopped extends Error {}
+
+const STATE_MESSAGES: Record<ApiErrorKind, string> = {
+  unreachable: 'Kubernetes API unreachable',
+  timeout: 'Kubernetes API did not answer in time',
+  unauthorized: 'Kubernetes API rejected our credentials',
+  forbidden: 'Kubernetes API forbids publishing ResourceSlices; check the ClusterRole (resourceslices get/list/watch/create/update/delete, nodes get)',
+  notFound: 'Kubernetes API does not serve resource.k8s.io/v1 ResourceSlices; DRA needs Kubernetes 1.34 or newer',
+  conflict: 'Kubernetes API kept reporting conflicts on our ResourceSlices',
+  throttled: 'Kubernetes API is throttling us',
+  serverError: 'Kubernetes API failed with a server error',
+  clientError: 'Kubernetes API refused a ResourceSlice',
+  config: 'Kubernetes API configuration is unusable',
+};
+
+/** How often a write is retried at once after a 409 before the attempt counts as failed. */
+const CONFLICT_RETRIES = 3;
+const RESOURCE_SLICES_PATH = '/apis/resource.k8s.io/v1/resourceslices';
+
+interface Clients {
+  k8s: ClientModule;
+  kc: KubeConfig;
+  core: CoreV1Api;
+  resource: ResourceV1Api;
+}
+
+interface WatchEvent {
+  type?: string;
+  object?: Record<string, unknown>;
+}
+
+export class SlicePublisher {
+  private readonly driver: string;
+  private readonly nodeName: string;
+  private readonly platform: 'powernv' | 'pseries' | null;
+  private readonly logger: Logger;
+  private readonly retryMinMs: number;
+  private readonly retryMaxMs: number;
+  private readonly resyncMs: number;
+  private readonly requestTimeoutMs: number;
+  private readonly coalesceMs: number;
+  private readonly random: () => number;
+  private readonly kubeConfigSource: SlicePublisherOptions['kubeConfig'];
+
+  private clients: Clients | null = null;
+
+  // What update() last accepted, and its content key (the slices at generation 0).
+  private devices: PublishedDevice[] | null = null;
+  private desiredKey: string | null = null;
+  /** Key of what the server holds as far as we know; null when that is in doubt. */
+  private publishedKey: string | null = null;
+  /** The slices of the last publish, by name, with the resourceVersion the server gave each. */
+  private published = new Map<string, { slice: ResourceSlice; resourceVersion: string | undefined }>();
+  private generation = 0;
+  private publishedDevices = 0;
+
+  private nodeUid: string | undefined;
+  private nodeReadDue = true;
+  private nodeProblemLogged = false;
+
+  private state: PublisherState = 'starting';
+  private lastError: string | undefined;
+  private lastLoggedKind: ApiErrorKind | null = null;
+  private lastBuildError: string | undefined;
+  private consecutiveFailures = 0;
+
+  private started = false;
+  private stopped = false;
+  private firstAttempt: Promise<void> | null = null;
+  private resolveFirstAttempt: (() => void) | null = null;
+  private waiters: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
+
+  // The worker: one run at a time; a request meanwhile runs it once more after.
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt = 0;
+  private inBackoff = false;
+  private running: Promise<void> | null = null;
+  private rerun = false;
+  private resyncTimer: NodeJS.Timeout | null = null;
+  private readonly inFlight = new Set<AbortController>();
+
+  // The watch.
+  /** Set while a watch request is open (or being opened). */
+  private watchAbort: AbortController | null = null;
+  private watchTimer: NodeJS.Timeout | null = null;
+  private watchFailures = 0;
+  private watchEvents = 0;
+  /** resourceVersion to watch from: of the last list, then of each event seen. */
+  private listResourceVersion: string | undefined;
+
+  constructor(options: SlicePublisherOptions) {
+    this.driver = options.driver;
+    this.nodeName = options.nodeName;
+    this.platform = options.platform;
+    this.kubeConfigSource = options.kubeConfig;
+    this.logger = (options.logger ?? silentLogger()).child({ room: 'dra', driver: options.driver, node: options.nodeName });
+    this.retryMinMs = options.retryMinMs ?? 500;
+    this.retryMaxMs = Math.max(this.retryMinMs, options.retryMaxMs ?? 30_000);
+    this.resyncMs = options.resyncMs ?? 60_000;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.coalesceMs = options.coalesceMs ?? 50;
+    this.random = options.random ?? Math.random;
+    // Check the names now: a wrong driver or node name is a configuration error, not an API failure.
+    buildSlices(this.context(0), []);
+  }
+
+  /** Publishes what update() gave (or, before any update, learns what is there). Resolves after the first attempt; never rejects. */
+  start(): Promise<void> {
+    if (this.firstAttempt) return this.firstAttempt;
+    this.started = true;
+    this.firstAttempt = new Promise<void>((resolve) => {
+      this.resolveFirstAttempt = resolve;
+    });
+    if (this.stopped) {
+      this.resolveFirstAttempt?.();
+    } else {
+      this.arm(0);
+      this.armResync();
+    }
+    return this.firstAttempt;
+  }
+
+  /** The pool's devices now. Returns at once; bursts coalesce; an unchanged pool writes nothing. */
+  update(devices: PublishedDevice[]): void {
+    if (this.stopped) return;
+    let key: string;
+    let copy: PublishedDevice[];
+    try {
+      copy = structuredClone(devices);
+      key = this.contentKey(copy);
+    } catch (err) {
+      const message = (err as Error).message;
+      this.lastError = message;
+      if (message !== this.lastBuildError) {
+        this.logger.error({ err: message }, 'Could not describe the devices as ResourceSlices; keeping the previous ones');
+        this.lastBuildError = message;
+      }
+      return;
+    }
+    this.lastBuildError = undefined;
+    if (key === this.desiredKey) return;
+    this.devices = copy;
+    this.desiredKey = key;
+    if (this.started) this.schedule(this.coalesceMs);
+  }
+
+  /** Stops the watch, timers and requests in flight; the slices stay (a restarted driver replaces them). */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.clearTimer();
+    if (this.resyncTimer) clearTimeout(this.resyncTimer);
+    this.resyncTimer = null;
+    this.stopWatch();
+    for (const controller of this.inFlight) controller.abort(new Stopped('slice publisher stopped'));
+    await this.running?.catch(() => undefined);
+    this.setState('stopped');
+    this.resolveFirstAttempt?.();
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(new Error('The ResourceSlice publisher stopped before the devices were published'));
+  }
+
+  status(): PublisherStatus {
+    return {
+      state: this.state,
+      generation: this.generation,
+      slices: this.published.size,
+      devices: this.publishedDevices,
+      ...(this.lastError !== undefined ? { lastError: this.lastError } : {}),
+    };
+  }
+
+  /** Resolves once what update() last got is on the server; rejects if the publisher stops first. */
+  whenPublished(): Promise<void> {
+    if (this.isSynced()) return Promise.resolve();
+    if (this.stopped) return Promise.reject(new Error('The ResourceSlice publisher is stopped'));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** Timers, watch and requests the publisher holds. */
+  activity(): PublisherActivity {
+    return {
+      timers: [this.timer, this.resyncTimer, this.watchTimer].filter((t) => t !== null).length,
+      watching: this.watchAbort !== null,
+      requests: this.inFlight.size,
+      running: this.running !== null,
+      watchEvents: this.watchEvents,
+    };
+  }
+
+  // ---- desired state ---------------------------------------------------------------------------
+
+  private context(generation: number): SliceContext {
+    return {
+      driver: this.driver,
+      nodeName: this.nodeName,
+      platform: this.platform,
+      generation,
+      ...(this.nodeUid ? { nodeUid: this.nodeUid } : {}),
+    };
+  }
+
+  /** What the slices say apart from their generation; equal keys mean nothing to write. */
+  private contentKey(devices: PublishedDevice[]): string {
+    return JSON.stringify(buildSlices(this.context(0), devices));
+  }
+
+  private isSynced(): boolean {
+    return this.desiredKey !== null && this.publishedKey === this.desiredKey && this.state === 'published';
+  }
+
+  /** Something may have changed our slices on the server: compare soon. */
+  private doubt(reason: string): void {
+    if (this.stopped) return;
+    this.logger.debug({ reason }, 'Checking the ResourceSlices on the server');
+    this.publishedKey = null;
+    this.schedule(this.coalesceMs);
+  }
+
+  // ---- the worker ------------------------------------------------------------------------------
+
+  private schedule(delayMs: number): void {
+    if (this.stopped || !this.started) return;
+    if (this.running) {
+      this.rerun = true;
+      return;
+    }
+    if (this.inBackoff) return;
+    if (this.timer && this.timerAt <= Date.now() + delayMs) return;
+    this.arm(delayMs);
+  }
+
+  private arm(delayMs: number): void {
+    this.clearTimer();
+    this.timerAt = Date.now() + delayMs;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.inBackoff = false;
+      this.running = this.run().finally(() => {
+        this.running = null;
+        this.afterRun();
+      });
+    }, delayMs);
+    this.timer.unref?.();
+  }
+
+  private clearTimer(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private afterRun(): void {
+    this.resolveFirstAttempt?.();
+    this.resolveFirstAttempt = null;
+    if (this.stopped || this.inBackoff) return;
+    if (this.rerun) {
+      this.rerun = false;
+      this.arm(0);
+    }
+  }
+
+  private armResync(): void {
+    if (this.resyncMs <= 0 || this.stopped) return;
+    if (this.resyncTimer) clearTimeout(this.resyncTimer);
+    this.resyncTimer = setTimeout(() => {
+      this.resyncTimer = null;
+      if (this.nodeUid === undefined) this.nodeReadDue = true;
+      this.doubt('periodic resync');
+      this.armResync();
+    }, this.resyncMs);
+    this.resyncTimer.unref?.();
+  }
+
+  private async run(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.syncOnce();
+      this.succeeded();
+    } catch (err) {
+      if (this.stopped || err instanceof Stopped) return;
+      this.failed(err);
+    }
+  }
+
+  /** Reads the Node when due, lists our slices, and writes only when they differ from what we want. */
+  private async syncOnce(): Promise<void> {
+    const clients = await this.client();
+    if (this.nodeReadDue) await this.readNode(clients);
+    const existing = await this.listOurs(clients);
+
+    const devices = this.devices;
+    if (devices === null) return;
+    // The Node's uid may have become known since update(): it is part of the content.
+    const key = this.contentKey(devices);
+    this.desiredKey = key;
+
+    if (this.generation > 0 && this.matches(existing, buildSlices(this.context(this.generation), devices))) {
+      this.publishedKey = key;
+      return;
+    }
+    // Readers use only a pool's highest generation: stay above anything on the server.
+    const highest = Math.max(0, ...existing.map((s) => s.spec?.pool?.generation ?? 0));
+    const generation = Math.max(this.generation, highest) + 1;
+    const slices = buildSlices(this.context(generation), devices);
+    await this.publish(clients, slices, existing);
+    this.generation = generation;
+    this.publishedDevices = devices.length;
+    this.publishedKey = key;
+    this.logger.info(
+      { generation, slices: slices.length, devices: devices.length, replaced: existing.length },
+      'Published the ResourceSlices of this node',
+    );
+  }
+
+  /** True when the server holds exactly `wanted`: each unchanged since we wrote it or equal in content, nothing else. */
+  private matches(existing: V1ResourceSlice[], wanted: ResourceSlice[]): boolean {
+    if (existing.length !== wanted.length) return false;
+    const byName = new Map(existing.map((s) => [s.metadata?.name ?? '', s]));
+    return wanted.every((want) => {
+      const have = byName.get(want.metadata.name);
+      if (!have) return false;
+      const ours = this.published.get(want.metadata.name);
+      if (ours?.resourceVersion !== undefined && have.metadata?.resourceVersion === ours.resourceVersion && ours.slice.spec.pool.generation === want.spec.pool.generation) {
+        return sameSliceContent(ours.slice, want);
+      }
+      return sameSliceContent(fromClientSlice(have), want);
+    });
+  }
+
+  /** Writes every slice of the new generation, then deletes the rest, so two generations overlap only briefly. */
+  private async publish(clients: Clients, slices: ResourceSlice[], existing: V1ResourceSlice[]): Promise<void> {
+    const existingByName = new Map(existing.map((s) => [s.metadata?.name ?? '', s]));
+    const written = new Map<string, { slice: ResourceSlice; resourceVersion: string | undefined }>();
+    for (const slice of slices) {
+      const current = existingByName.get(slice.metadata.name);
+      const stored = await this.write(clients, slice, current?.metadata?.resourceVersion, current !== undefined);
+      written.set(slice.metadata.name, { slice, resourceVersion: stored.metadata?.resourceVersion });
+      // Partial progress counts: a retry compares against what is already there.
+      this.published.set(slice.metadata.name, written.get(slice.metadata.name)!);
+    }
+    this.published = written;
+    for (const old of existing) {
+      const name = old.metadata?.name;
+      if (!name || written.has(name)) continue;
+      await this.call('deleteResourceSlice', (o) => clients.resource.deleteResourceSlice({ name }, o)).catch((err: unknown) => {
+        // Gone already (the kubelet, or an earlier attempt): that is what we wanted.
+        if (err instanceof RequestFailure && err.detail.kind === 'notFound') return;
+        throw err;
+      });
+    }
+  }
+
+  /** Creates or replaces one slice; a 409 re-reads it and tries again, a 404 on replace creates it. */
+  private async write(clients: Clients, slice: ResourceSlice, resourceVersion: string | undefined, exists: boolean): Promise<V1ResourceSlice> {
+    const name = slice.metadata.name;
+    let rv = resourceVersion;
+    let present = exists;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        if (present) {
+          const body = toClientSlice({ ...slice, metadata: { ...slice.metadata, ...(rv !== undefined ? { resourceVersion: rv } : {}) } });
+          return await this.call('replaceResourceSlice', (o) => clients.resource.replaceResourceSlice({ name, body }, o));
+        }
+        return await this.call('createResourceSlice', (o) => clients.resource.createResourceSlice({ body: toClientSlice(slice) }, o));
+      } catch (err) {
+        if (!(err instanceof RequestFailure) || attempt >= CONFLICT_RETRIES) throw err;
+        if (err.detail.kind === 'conflict') {
+          // Stale resourceVersion, or it exists already: take the server's version and replace it.
+          try {
+            const current = await this.call('getResourceSlice', (o) => clients.resource.readResourceSlice({ name }, o));
+            rv = current.metadata?.resourceVersion;
+            present = true;
+          } catch (readErr) {
+            if (!(readErr instanceof RequestFailure && readErr.detail.kind === 'notFound')) throw readErr;
+            present = false;
+          }
+        } else if (err.detail.kind === 'notFound' && present) {
+          // Deleted since we listed.
+          present = false;
+        } else {
+          throw err;
+        }
+      }
+    }
+  }
+
+  private succeeded(): void {
+    const wasRetrying = this.state === 'retrying';
+    if (wasRetrying) {
+      this.logger.info({ failedAttempts: this.consecutiveFailures }, 'ResourceSlice publishing resumed');
+    }
+    this.consecutiveFailures = 0;
+    this.lastLoggedKind = null;
+    this.lastError = undefined;
+    if (this.devices !== null && this.publishedKey === this.desiredKey) this.setState('published');
+    else if (wasRetrying) this.setState('starting');
+    // Watch from the resourceVersion of the list just made, so nothing in between is missed.
+    if (!this.watchAbort && !this.watchTimer) this.startWatch();
+    if (this.isSynced()) {
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w.resolve();
+    }
+  }
+
+  private failed(err: unknown): void {
+    const detail: ClassifiedApiError =
+      err instanceof RequestFailure ? err.detail : { kind: 'clientError', operation: 'publish', message: (err as Error)?.message ?? String(err) };
+    this.consecutiveFailures += 1;
+    this.lastError = `${detail.operation}: ${detail.message}`;
+    const delay = this.backoffDelay(this.consecutiveFailures);
+    if (this.state !== 'retrying' || detail.kind !== this.lastLoggedKind) {
+      this.logger.warn(
+        { errorKind: detail.kind, operation: detail.operation, statusCode: detail.statusCode, err: detail.message, retryInMs: delay },
+        `${STATE_MESSAGES[detail.kind]}; ResourceSlice publishing ${this.state === 'retrying' ? 'still ' : ''}retrying`,
+      );
+      this.lastLoggedKind = detail.kind;
+    }
+    this.setState('retrying');
+    if (detail.kind === 'config') this.clients = null;
+    // Whatever arrived meanwhile goes out with the retry.
+    this.rerun = false;
+    this.inBackoff = true;
+    this.arm(delay);
+  }
+
+  /** Exponential from retryMinMs, capped at retryMaxMs, with 20 % jitter either way. */
+  private backoffDelay(failures: number): number {
+    const base = Math.min(this.retryMaxMs, this.retryMinMs * 2 ** Math.max(0, Math.min(30, failures - 1)));
+    const spread = base * 0.2 * (this.random() * 2 - 1);
+    return Math.max(0, Math.min(this.retryMaxMs, Math.round(base + spread)));
+  }
+
+  private setState(state: PublisherState): void {
+    if (this.state === 'stopped') return;
+    this.state = state;
+  }
+
+  // ---- requests --------------------------------------------------------------------------------
+
+  private async client(): Promise<Clients> {
+    if (this.clients) return this.clients;
+    try {
+      const k8s = await import('@kubernetes/client-node');
+      const source = this.kubeConfigSource;
+      const kc = typeof source === 'function' ? await source() : source;
+      this.clients = { k8s, kc, core: kc.makeApiClient(k8s.CoreV1Api), resource: kc.makeApiClient(k8s.ResourceV1Api) };
+      return this.clients;
+    } catch (err) {
+      throw new RequestFailure({ kind: 'config', operation: 'loadConfig', message: (err as Error).message });
+    }
+  }
+
+  /** One request with a deadline, cancellable by stop(), errors classified. */
+  private async call<T>(operation: string, send: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
+    if (this.stopped) throw new Stopped('slice publisher stopped');
+    const { k8s } = await this.client();
+    const controller = new AbortController();
+    this.inFlight.add(controller);
+    let timedOut = false;
+    const deadline = setTimeout(() => {
+      timedOut = true;
+      controller.abort(new Error(`no answer within ${this.requestTimeoutMs} ms`));
+    }, this.requestTimeoutMs);
+    const middleware: ObservableMiddleware = {
+      pre: (context: RequestContext) => {
+        context.setSignal(controller.signal);
+        return new k8s.Observable(Promise.resolve(context));
+      },
+      post: (context: ResponseContext) => new k8s.Observable(Promise.resolve(context)),
+    };
+    try {
+      return await send({ middleware: [middleware], middlewareMergeStrategy: 'append' });
+    } catch (err) {
+      if (this.stopped) throw new Stopped('slice publisher stopped');
+      throw new RequestFailure(classifyApiError(operation, err, timedOut, this.requestTimeoutMs));
+    } finally {
+      clearTimeout(deadline);
+      this.inFlight.delete(controller);
+    }
+  }
+
+  /** The Node's uid for the ownerReference. Publishing goes on without it when the Node cannot be read. */
+  private async readNode(clients: Clients): Promise<void> {
+    try {
+      const node = await this.call('getNode', (o) => clients.core.readNode({ name: this.nodeName }, o));
+      this.nodeUid = node.metadata?.uid;
+      this.nodeReadDue = false;
+      this.nodeProblemLogged = false;
+    } catch (err) {
+      if (!(err instanceof RequestFailure)) throw err;
+      // No answer at all: the whole attempt waits for the server.
+      if (err.detail.kind === 'unreachable' || err.detail.kind === 'timeout' || err.detail.kind === 'config') throw err;
+      this.nodeReadDue = false;
+      if (!this.nodeProblemLogged) {
+        this.logger.warn(
+          { errorKind: err.detail.kind, statusCode: err.detail.statusCode, err: err.detail.message },
+          'Could not read the Node; publishing ResourceSlices without an ownerReference and trying again at the next resync',
+        );
+        this.nodeProblemLogged = true;
+      }
+    }
+  }
+
+  /** Every slice of this node and driver, whoever wrote it; the field selector is checked again here. */
+  private async listOurs(clients: Clients): Promise<V1ResourceSlice[]> {
+    const list = await this.call('listResourceSlices', (o) =>
+      clients.resource.listResourceSlice({ fieldSelector: this.fieldSelector() }, o),
+    );
+    this.listResourceVersion = list.metadata?.resourceVersion;
+    return (list.items ?? []).filter((s) => s.spec?.nodeName === this.nodeName && s.spec?.driver === this.driver);
+  }
+
+  private fieldSelector(): string {
+    return `spec.nodeName=${this.nodeName},spec.driver=${this.driver}`;
+  }
+
+  // ---- the watch -------------------------------------------------------------------------------
+
+  /**
+   * A plain streaming GET: client-node's Watch cannot be cancelled before the
+   * server answers, and a hanging server would keep it (and the process) alive.
+   */
+  private startWatch(): void {
+    if (this.stopped || this.watchAbort || this.watchTimer) return;
+    const clients = this.clients;
+    const cluster = clients?.kc.getCurrentCluster();
+    if (!clients || !cluster) return;
+    const abort = new AbortController();
+    this.watchAbort = abort;
+    const options: https.RequestOptions = {};
+    const fromVersion = this.listResourceVersion;
+    const startedAt = Date.now();
+    let ended = false;
+    let idle: NodeJS.Timeout | null = null;
+    // The server ends the watch after timeoutSeconds; spread them so many nodes do not reconnect together.
+    const timeoutSeconds = 240 + Math.floor(this.random() * 120);
+    const clearIdle = () => {
+      if (idle) clearTimeout(idle);
+      idle = null;
+    };
+    const end = (err?: Error) => {
+      if (ended) return;
+      ended = true;
+      clearIdle();
+      if (this.watchAbort === abort) this.watchAbort = null;
+      abort.abort();
+      if (this.stopped) return;
+      // A watch that lived (the server ends each one after timeoutSeconds) is restarted at once; quick failures back off.
+      this.watchEnded(err, Date.now() - startedAt >= 1000);
+    };
+    void clients.kc
+      .applyToHTTPSOptions(options)
+      .then(() => {
+        if (abort.signal.aborted || this.stopped) return end();
+        const url = new URL(cluster.server.replace(/\/+$/, '') + RESOURCE_SLICES_PATH);
+        url.searchParams.set('watch', 'true');
+        url.searchParams.set('fieldSelector', this.fieldSelector());
+        url.searchParams.set('allowWatchBookmarks', 'true');
+        url.searchParams.set('timeoutSeconds', String(timeoutSeconds));
+        if (fromVersion) url.searchParams.set('resourceVersion', fromVersion);
+        const transport = url.protocol === 'https:' ? https : http;
+        const headers = { ...(options.headers ?? {}), Accept: 'application/json' };
+        const req = transport.request(url, { ...options, headers, method: 'GET', signal: abort.signal });
+        idle = setTimeout(() => end(new Error(`the watch got no answer within ${this.requestTimeoutMs} ms`)), this.requestTimeoutMs);
+        idle.unref?.();
+        req.on('error', (err) => end(err));
+        req.on('response', (res) => {
+          clearIdle();
+          if (res.statusCode !== 200) {
+            res.resume();
+            return end(new Error(`the watch was refused with HTTP ${res.statusCode}`));
+          }
+          // Bookmarks come about once a minute; silence far beyond the watch's own timeout means a dead connection.
+          const armIdle = () => {
+            clearIdle();
+            idle = setTimeout(() => end(new Error('the watch went silent')), timeoutSeconds * 1000 + this.requestTimeoutMs);
+            idle.unref?.();
+          };
+          armIdle();
+          let buffered = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => {
+            armIdle();
+            buffered += chunk;
+            let newline = buffered.indexOf('\n');
+            while (newline >= 0) {
+              const line = buffered.slice(0, newline).trim();
+              buffered = buffered.slice(newline + 1);
+              newline = buffered.indexOf('\n');
+              if (!line) continue;
+              let event: WatchEvent;
+              try {
+                event = JSON.parse(line) as WatchEvent;
+              } catch {
+                continue;
+              }
+              if (event.type === 'ERROR') {
+                // 410 Gone: our resourceVersion is too old; list again and watch from there.
+                this.listResourceVersion = undefined;
+                return end(new Error(`the watch ended with an error: ${String(event.object?.['message'] ?? 'unknown')}`));
+              }
+              this.onWatchEvent(event);
+            }
+          });
+          res.on('end', () => end());
+          res.on('error', (err) => end(err));
+          res.on('close', () => end());
+        });
+        req.end();
+      })
+      .catch((err: unknown) => end(err as Error));
+  }
+
+  private stopWatch(): void {
+    if (this.watchTimer) clearTimeout(this.watchTimer);
+    this.watchTimer = null;
+    const abort = this.watchAbort;
+    this.watchAbort = null;
+    abort?.abort();
+  }
+
+  /** Restarts the watch after a backoff; a watch that lived and delivered resets it. What it may have missed is listed first. */
+  private watchEnded(err: Error | undefined, healthy: boolean): void {
+    if (healthy) this.watchFailures = 0;
+    else this.watchFailures += 1;
+    const delay = this.watchFailures === 0 ? 0 : this.backoffDelay(this.watchFailures);
+    if (err && this.watchFailures === 1) {
+      this.logger.info({ err: err.message, retryInMs: delay }, 'ResourceSlice watch ended; watching again after a list');
+    }
+    this.watchTimer = setTimeout(() => {
+      this.watchTimer = null;
+      // The run lists (catching up on what the watch missed) and then starts the watch again.
+      this.doubt('the watch restarted');
+    }, delay);
+    this.watchTimer.unref?.();
+  }
+
+  private onWatchEvent(event: WatchEvent): void {
+    this.watchEvents += 1;
+    const object = event.object;
+    if (!object) return;
+    const metadata = (object['metadata'] ?? {}) as { name?: string; resourceVersion?: string };
+    if (metadata.resourceVersion) this.listResourceVersion = metadata.resourceVersion;
+    if (event.type === 'BOOKMARK') return;
+    const spec = (object['spec'] ?? {}) as { nodeName?: string; driver?: string };
+    if (spec.nodeName !== this.nodeName || spec.driver !== this.driver || !metadata.name) return;
+    const ours = this.published.get(metadata.name);
+    if (event.type === 'DELETED') {
+      // Slices we delete are never in `published`; one of ours vanishing (the kubelet at its start) is.
+      if (ours) this.doubt(`ResourceSlice ${metadata.name} was deleted`);
+      return;
+    }
+    if (ours) {
+      if (metadata.resourceVersion !== undefined && metadata.resourceVersion === ours.resourceVersion) return;
+      if (sameSliceContent(object as unknown as ResourceSlice, ours.slice)) return;
+      this.doubt(`ResourceSlice ${metadata.name} was changed`);
+    } else if (!this.running) {
+      // A slice of our pool we did not write (and are not about to delete).
+      this.doubt(`ResourceSlice ${metadata.name} appeared`);
+    }
+  }
+}
+
+// ---- the client's model ------------------------------------------------------------------------
+// The generated models name the `int` attribute `_int` (and turn times into
+// Dates); the rest of ResourceSlice maps one to one. Everything else here works
+// on the wire's plain JSON.
+
+function toClientSlice(slice: ResourceSlice): V1ResourceSlice {
+  const copy = structuredClone(slice) as unknown as V1ResourceSlice;
+  for (const device of copy.spec.devices ?? []) {
+    for (const attribute of Object.values(device.attributes ?? {}) as Array<Record<string, unknown>>) {
+      if ('int' in attribute) {
+        attribute['_int'] = attribute['int'];
+        delete attribute['int'];
+      }
+    }
+  }
+  return copy;
+}
+
+function fromClientSlice(slice: V1ResourceSlice): ResourceSlice {
+  const json = JSON.parse(JSON.stringify(slice)) as ResourceSlice;
+  for (const device of json.spec?.devices ?? []) {
+    for (const attribute of Object.values(device.attributes ?? {}) as Array<Record<string, unknown>>) {
+      if ('_int' in attribute) {
+        attribute['int'] = attribute['_int'];
+        delete attribute['_int'];
+      }
+    }
+  }
+  return json;
+}

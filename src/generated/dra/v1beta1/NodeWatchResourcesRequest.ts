@@ -1,0 +1,8 @@
+// Original file: proto/dra-health/v1beta1/health.proto
+
+
+export interface NodeWatchResourcesRequest {
+}
+
+export interface NodeWatchResourcesRequest__Output {
+}

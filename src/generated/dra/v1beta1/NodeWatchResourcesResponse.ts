@@ -1,0 +1,11 @@
+// Original file: proto/dra-health/v1beta1/health.proto
+
+import type { DeviceHealth as _v1beta1_DeviceHealth, DeviceHealth__Output as _v1beta1_DeviceHealth__Output } from '../v1beta1/DeviceHealth.js';
+
+export interface NodeWatchResourcesResponse {
+  'devices'?: (_v1beta1_DeviceHealth)[];
+}
+
+export interface NodeWatchResourcesResponse__Output {
+  'devices': (_v1beta1_DeviceHealth__Output)[];
+}

@@ -1,0 +1,99 @@
+// The simulated POWER node serving DRA: the built-in sysfs tree, the simulated
+// sPAPR kernel behind every preparation mode, the daemon with its DRA front
+// end, and the DRA kubelet stand-in, all under one scratch directory. The demo
+// and the tests start it; everything talks over real unix sockets.
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { Daemon, type DraDeps } from '../daemon.js';
+import type { ResourceConfig } from '../config/schema.js';
+import type { Settings } from '../config/settings.js';
+import type { DiscoveryRoots } from '../topology/types.js';
+import { buildPreparer, type PreparationSetup } from '../cli/preparation.js';
+import { capabilitiesOf } from '../prepare/capabilities.js';
+import { HealthTracker } from '../health/health-tracker.js';
+import { simulatedSettings } from './settings.js';
+import { simulatedNodeConfig } from './node-config.js';
+import { builtinPowerNode } from './power-node.js';
+import { writeSysfsTree, type NodeSpec } from './sysfs-tree.js';
+import { DraKubelet, type DraKubeletOptions } from './dra-kubelet.js';
+
+export const SIMULATED_NODE_NAME = 'power9-sim';
+
+export interface DraNodeOptions {
+  /** Scratch directory (short: socket paths are limited to 108 bytes). */
+  dir: string;
+  logger: Logger;
+  claims: DraDeps['claims'];
+  slices?: DraDeps['slices'];
+  spec?: NodeSpec;
+  /** An existing tree (a restart on the same node). */
+  roots?: DiscoveryRoots;
+  resources?: ResourceConfig[];
+  kubelet?: DraKubeletOptions;
+  /** Start the kubelet stand-in too (default true). */
+  withKubelet?: boolean;
+  pollIntervalMs?: number;
+  health?: HealthTracker;
+}
+
+export interface DraNode {
+  roots: DiscoveryRoots;
+  settings: Settings;
+  daemon: Daemon;
+  kubelet: DraKubelet | null;
+  preparation: PreparationSetup;
+  /** Stops the daemon (and the kubelet stand-in); the tree and the directories stay. */
+  stop(): Promise<void>;
+}
+
+export async function startDraNode(options: DraNodeOptions): Promise<DraNode> {
+  const roots = options.roots ?? (await writeSysfsTree(join(options.dir, 'node'), options.spec ?? builtinPowerNode()));
+  const resources = options.resources ?? simulatedNodeConfig().resources;
+  const settings: Settings = {
+    ...simulatedSettings({ roots, dir: options.dir, resources, kubeletApi: 'dra', pollIntervalMs: options.pollIntervalMs ?? 200 }),
+    nodeName: SIMULATED_NODE_NAME,
+  };
+  const preparation = await buildPreparer({
+    simulate: true,
+    devRoot: roots.devRoot,
+    resources,
+    logger: options.logger,
+    allModes: true,
+    // The handoff resource keeps windows mapped for pods: the plugin runs with CAP_IPC_LOCK there.
+    simulatedMemlock: null,
+    handoff: { hostDir: settings.handoffHostDir, containerDir: settings.handoffContainerDir, podResourcesSocket: null },
+  });
+  const daemon = new Daemon(settings, {
+    logger: options.logger,
+    ...(preparation.preparer ? { preparer: preparation.preparer } : {}),
+    handoff: preparation.handoff,
+    uevents: null,
+    ...(options.health ? { health: options.health } : {}),
+    dra: {
+      claims: options.claims,
+      slices: options.slices ?? null,
+      verification: (group) => {
+        const v = preparation.lastVerification(group);
+        return v ? { ...capabilitiesOf(v), defaultWindowSize: v.info.dma32WindowSize } : undefined;
+      },
+      checkIntervalMs: 100,
+      healthResendMs: 1000,
+    },
+  });
+  const kubelet = options.withKubelet === false ? null : new DraKubelet(settings.dra.registryDir, options.kubelet ?? {});
+  const registered = kubelet?.waitForPlugin(settings.dra.driverName);
+  await kubelet?.start();
+  await daemon.start();
+  await registered;
+  return {
+    roots,
+    settings,
+    daemon,
+    kubelet,
+    preparation,
+    async stop() {
+      await daemon.stop();
+      await kubelet?.stop();
+    },
+  };
+}
