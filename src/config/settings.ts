@@ -11,6 +11,7 @@ import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/socket-path.js';
 import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 import { containerDirFor } from '../handoff/manager.js';
+import { cdiKindProblem } from '../cdi/spec-writer.js';
 import {
   DEFAULT_DRIVER_NAME,
   DEFAULT_PLUGINS_DIR,
@@ -260,7 +261,8 @@ function resolveDraSettings(
     throw new UsageError(`--kubelet-api: "${api}" is not one of device-plugin, dra`);
   }
   const driverName = str('driver-name') ?? file.dra?.driverName ?? DEFAULT_DRIVER_NAME;
-  const nameProblem = driverNameProblem(driverName);
+  // The driver name is also the vendor of the per-claim CDI specs (`<driver>/vfio=<device>`).
+  const nameProblem = driverNameProblem(driverName) ?? cdiKindProblem(`${driverName}/vfio`);
   if (nameProblem) throw new ConfigError(`Invalid --driver-name: ${nameProblem}`, [`driver-name: ${nameProblem}`]);
   const registryDir = resolve(str('plugins-registry-dir') ?? file.dra?.pluginsRegistryDir ?? DEFAULT_PLUGINS_REGISTRY_DIR);
   const driverDir = join(resolve(str('plugins-dir') ?? file.dra?.pluginsDir ?? DEFAULT_PLUGINS_DIR), driverName);
