@@ -21,7 +21,18 @@ export const NAMESPACE = 'kube-system';
 
 /** The files of manifests/, each with the helm arguments that produce it. */
 export const MANIFESTS = [
-  { file: 'power-vfio-device-plugin.yaml', what: 'the plugin with the chart\'s default values', args: [] },
+  // A plain manifest cannot ask the cluster which kubelet API it serves
+  // (kubeletApi: auto): each front end gets its own file.
+  {
+    file: 'power-vfio-device-plugin.yaml',
+    what: 'the plugin as a device plugin (extended resources), with the chart\'s default values',
+    args: ['--set', 'kubeletApi=device-plugin'],
+  },
+  {
+    file: 'power-vfio-dra.yaml',
+    what: 'the plugin as a DRA driver (resource.k8s.io/v1, Kubernetes 1.34 or newer), with the chart\'s default values',
+    args: ['--set', 'kubeletApi=dra'],
+  },
   {
     file: 'servicemonitor.yaml',
     what: 'the optional Prometheus Operator ServiceMonitor (needs the monitoring.coreos.com CRDs)',

@@ -3,13 +3,15 @@
 // plugin's own parser refuses too: chart and plugin agree on what is valid.
 // Each file in test/chart/values/bad/ states what helm must say (`# expect:`,
 // a regular expression) and, for configuration mistakes, what the plugin says
-// (`# plugin-refuses:`).
+// (`# plugin-refuses:`), and for flag mistakes, what the plugin says when the
+// chart's PVDP_* variables carry them (`# plugin-refuses-flag:`).
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
-import { ConfigError } from '../../src/errors.js';
+import { parseCommandLine, resolveSettings } from '../../src/config/settings.js';
+import { ConfigError, UsageError } from '../../src/errors.js';
 import { NAMESPACE, RELEASE, badValuesDir, chartDir, helmSetup, runHelm } from './chart-helpers.js';
 
 const setup = helmSetup();
@@ -19,6 +21,7 @@ interface BadCase {
   path: string;
   expect: RegExp;
   pluginRefuses: RegExp | null;
+  pluginRefusesFlag: RegExp | null;
   values: Record<string, any>;
 }
 
@@ -36,7 +39,15 @@ const cases: BadCase[] = readdirSync(badValuesDir)
     const expected = header(text, 'expect');
     if (!expected) throw new Error(`${file} has no "# expect:" line`);
     const refuses = header(text, 'plugin-refuses');
-    return { file, path, expect: new RegExp(expected), pluginRefuses: refuses ? new RegExp(refuses) : null, values: parse(text) };
+    const refusesFlag = header(text, 'plugin-refuses-flag');
+    return {
+      file,
+      path,
+      expect: new RegExp(expected),
+      pluginRefuses: refuses ? new RegExp(refuses) : null,
+      pluginRefusesFlag: refusesFlag ? new RegExp(refusesFlag) : null,
+      values: parse(text),
+    };
   });
 
 describe('bad values files', () => {
@@ -69,6 +80,48 @@ describe('bad values files', () => {
       }
       expect(error, 'the plugin accepted what the chart refuses').toBeInstanceOf(ConfigError);
       expect((error as Error).message).toMatch(c.pluginRefuses!);
+    });
+  });
+});
+
+/** The PVDP_* variables the chart's DaemonSet would pass for these values' kubeletApi and dra settings. */
+function draEnv(values: Record<string, any>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  if (values.kubeletApi !== undefined && values.kubeletApi !== 'auto') env.PVDP_KUBELET_API = String(values.kubeletApi);
+  const dra = values.dra ?? {};
+  if (dra.driverName !== undefined) env.PVDP_DRIVER_NAME = String(dra.driverName);
+  if (dra.pluginsRegistryDir !== undefined) env.PVDP_PLUGINS_REGISTRY_DIR = String(dra.pluginsRegistryDir);
+  if (dra.pluginsDir !== undefined) env.PVDP_PLUGINS_DIR = String(dra.pluginsDir);
+  if (dra.cdiSpecDir !== undefined) env.PVDP_CDI_SPEC_DIR = String(dra.cdiSpecDir);
+  return env;
+}
+
+describe('bad values files (flags)', () => {
+  it('cover the kubelet API choice and the DRA driver settings', () => {
+    for (const file of [
+      'kubelet-api-unknown.yaml',
+      'dra-driver-name-not-dns.yaml',
+      'dra-driver-name-too-long.yaml',
+      'dra-plugins-dir-relative.yaml',
+      'dra-service-socket-too-long.yaml',
+      'dra-device-classes-unknown-field.yaml',
+      'dra-device-class-names-collide.yaml',
+    ]) {
+      expect(cases.some((c) => c.file === file), file).toBe(true);
+    }
+  });
+
+  describe.each(cases.filter((c) => c.pluginRefusesFlag))('$file (flags)', (c) => {
+    it('is refused by the plugin at start when the chart passes it as PVDP_* variables', async () => {
+      const resources = c.values.config?.resources ?? [{ name: 'ibm.com/vfio-pci', selectors: { drivers: ['vfio-pci'] } }];
+      const { values } = parseCommandLine([], draEnv(c.values));
+      const error = await resolveSettings(values, () => parseConfig({ resources }, 'values')).then(
+        () => null,
+        (err: unknown) => err,
+      );
+      expect(error, 'the plugin accepted what the chart refuses').not.toBeNull();
+      expect(error instanceof ConfigError || error instanceof UsageError, String(error)).toBe(true);
+      expect((error as Error).message).toMatch(c.pluginRefusesFlag!);
     });
   });
 });

@@ -3,12 +3,14 @@
 // When helm cannot be provisioned, the suites that need it skip and the reason
 // is printed; with PVDP_REQUIRE_HELM=1 (CI) that is a failure instead.
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { DaemonSet } from 'kubernetes-models/apps/v1';
 import { ConfigMap, Service, ServiceAccount } from 'kubernetes-models/v1';
 import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import { DeviceClass } from 'kubernetes-models/resource.k8s.io/v1';
+import { parseCommandLine, resolveSettings, type Settings } from '../../src/config/settings.js';
 import { ensureHelm, HelmUnavailableError } from '../../scripts/helm/get-helm.mjs';
 import { chartDir, repoRoot } from '../../scripts/helm/render-manifests.mjs';
 
@@ -92,9 +94,22 @@ const VALIDATORS: Record<string, (obj: KubeObject) => void> = {
   'v1/ServiceAccount': (o) => new ServiceAccount(o as never).validate(),
   'rbac.authorization.k8s.io/v1/ClusterRole': (o) => new ClusterRole(o as never).validate(),
   'rbac.authorization.k8s.io/v1/ClusterRoleBinding': (o) => new ClusterRoleBinding(o as never).validate(),
+  'resource.k8s.io/v1/DeviceClass': (o) => {
+    new DeviceClass(o as never).validate();
+    // kubernetes-models accepts unknown fields; the API server would drop a misspelt one silently.
+    const spec = (o.spec ?? {}) as Record<string, unknown>;
+    const unknown = Object.keys(spec).filter((k) => !DEVICE_CLASS_SPEC_FIELDS.has(k));
+    if (unknown.length > 0) throw new Error(`DeviceClass ${o.metadata.name}: unknown spec fields ${unknown.join(', ')}`);
+  },
   // A CRD kubernetes-models does not carry: the fields the Prometheus Operator reads.
   'monitoring.coreos.com/v1/ServiceMonitor': (o) => validateServiceMonitor(o),
 };
+
+/** DeviceClassSpec's fields in resource.k8s.io/v1 (kubernetes-models 5.1's DeviceClassSpec). */
+const DEVICE_CLASS_SPEC_FIELDS = new Set(['selectors', 'config', 'extendedResourceName']);
+
+/** Kinds without a namespace. */
+export const CLUSTER_SCOPED = new Set(['ClusterRole', 'ClusterRoleBinding', 'DeviceClass']);
 
 /** Validates one rendered object; an unknown kind is an error, so nothing goes unchecked. */
 export function validateObject(obj: KubeObject): void {
@@ -145,4 +160,24 @@ export function ciValuesFiles(): string[] {
     .filter((f) => f.endsWith('.yaml'))
     .sort()
     .map((f) => join(ciValuesDir, f));
+}
+
+interface EnvVar {
+  name: string;
+  value?: string;
+}
+
+/**
+ * The plugin's effective settings in a rendered pod: the ConfigMap's file
+ * (written to `configPath`) and the container's PVDP_* variables, through the
+ * plugin's own flag and file handling.
+ */
+export async function pluginSettings(objects: readonly KubeObject[], configPath: string): Promise<Settings> {
+  const cm = find<KubeObject & { data: Record<string, string> }>(objects, 'ConfigMap');
+  const ds = find<KubeObject & { spec: { template: { spec: { containers: { env: EnvVar[] }[] } } } }>(objects, 'DaemonSet');
+  writeFileSync(configPath, cm.data['config.yaml']!);
+  const envs: NodeJS.ProcessEnv = {};
+  for (const e of ds.spec.template.spec.containers[0]!.env) if (e.value !== undefined && e.name.startsWith('PVDP_')) envs[e.name] = e.value;
+  envs['PVDP_CONFIG'] = configPath;
+  return resolveSettings(parseCommandLine([], envs).values);
 }

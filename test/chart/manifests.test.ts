@@ -1,11 +1,11 @@
 // manifests/ is generated from the chart (scripts/helm/render-manifests.mjs)
 // and must equal a fresh render, object for object and byte for byte.
-import { readFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { MANIFESTS, manifestsDir, renderManifests } from '../../scripts/helm/render-manifests.mjs';
-import { helmSetup, parseObjects, validateObject } from './chart-helpers.js';
+import { helmSetup, parseObjects, pluginSettings, validateObject, type KubeObject } from './chart-helpers.js';
 
 const setup = helmSetup();
 
@@ -25,6 +25,33 @@ describe('manifests/', () => {
       validateObject(obj);
       if (obj.kind === 'ConfigMap') parseConfigText((obj as unknown as { data: Record<string, string> }).data['config.yaml']!, file);
     }
+  });
+});
+
+const scratch = mkdtempSync('/tmp/pvdp-manifests-');
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+function objectsOf(file: string): KubeObject[] {
+  return parseObjects(readFileSync(join(manifestsDir, file), 'utf8'));
+}
+
+describe('manifests/ for each kubelet API', () => {
+  it('power-vfio-device-plugin.yaml runs the device plugin: no DeviceClass, no DRA permissions', async () => {
+    const objects = objectsOf('power-vfio-device-plugin.yaml');
+    const settings = await pluginSettings(objects, join(scratch, 'device-plugin.yaml'));
+    expect(settings.kubeletApi).toBe('device-plugin');
+    expect(objects.some((o) => o.kind === 'DeviceClass')).toBe(false);
+    expect(JSON.stringify(objects.find((o) => o.kind === 'ClusterRole'))).not.toContain('resource.k8s.io');
+  });
+
+  it('power-vfio-dra.yaml runs the DRA driver with a DeviceClass per configured resource and the DRA permissions', async () => {
+    const objects = objectsOf('power-vfio-dra.yaml');
+    const settings = await pluginSettings(objects, join(scratch, 'dra.yaml'));
+    expect(settings.kubeletApi).toBe('dra');
+    const classes = objects.filter((o) => o.kind === 'DeviceClass') as (KubeObject & { spec: { extendedResourceName?: string } })[];
+    expect(classes.map((c) => c.spec.extendedResourceName)).toEqual(settings.resources.map((r) => r.name));
+    const role = objects.find((o) => o.kind === 'ClusterRole') as KubeObject & { rules: { apiGroups: string[]; resources: string[] }[] };
+    expect(role.rules.filter((r) => r.apiGroups.includes('resource.k8s.io')).flatMap((r) => r.resources)).toEqual(['resourceslices', 'resourceclaims']);
   });
 });
 

@@ -2,15 +2,16 @@
 // realistic values file in charts/power-vfio-device-plugin/ci/, and the
 // configuration file it renders is one the plugin's own parser accepts.
 import { basename, join } from 'node:path';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseConfig, parseConfigText } from '../../src/config/load.js';
-import { FLAGS, envNameOf, parseCommandLine, resolveSettings } from '../../src/config/settings.js';
-import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/kubelet/allocation.js';
+import { FLAGS, envNameOf } from '../../src/config/settings.js';
+import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/inventory/advertised.js';
 import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
-import { MAX_SOCKET_PATH } from '../../src/kubelet/plugin-manager.js';
+import { MAX_SOCKET_PATH } from '../../src/kubelet/socket-path.js';
 import {
+  CLUSTER_SCOPED,
   NAMESPACE,
   RELEASE,
   chartDir,
@@ -18,6 +19,7 @@ import {
   ciValuesFiles,
   find,
   helmSetup,
+  pluginSettings,
   renderChart,
   runHelm,
   validateObject,
@@ -109,19 +111,9 @@ function parseRenderedConfig(text: string) {
 const scratch = mkdtempSync('/tmp/pvdp-chart-');
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-/**
- * The plugin's effective settings in the rendered pod: the ConfigMap's file and
- * the container's PVDP_* env through the plugin's own flag and file handling.
- */
-async function settingsOf(objects: KubeObject[], name: string) {
-  const cm = find<ConfigMapShape>(objects, 'ConfigMap');
-  const ds = find<DaemonSetShape>(objects, 'DaemonSet');
-  const file = join(scratch, `${name}.yaml`);
-  writeFileSync(file, cm.data['config.yaml']!);
-  const envs: NodeJS.ProcessEnv = {};
-  for (const e of container(ds).env) if (e.value !== undefined && e.name.startsWith('PVDP_')) envs[e.name] = e.value;
-  envs['PVDP_CONFIG'] = file;
-  return resolveSettings(parseCommandLine([], envs).values);
+/** The plugin's effective settings in the rendered pod (file and PVDP_* env through its own parsers). */
+function settingsOf(objects: KubeObject[], name: string) {
+  return pluginSettings(objects, join(scratch, `${name}.yaml`));
 }
 
 const cases: [string, string | undefined][] = [
@@ -130,9 +122,9 @@ const cases: [string, string | undefined][] = [
 ];
 
 describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
-  it('has realistic values files to test (GPUs, NVMe, ConnectX VFs, FPGAs, several resources, monitoring)', () => {
+  it('has realistic values files to test (GPUs, NVMe, ConnectX VFs, FPGAs, several resources, monitoring, DRA)', () => {
     const names = ciValuesFiles().map((f) => basename(f));
-    for (const expected of ['gpus', 'nvme', 'connectx', 'fpgas', 'several-resources-monitoring', 'simulate', 'handoff']) {
+    for (const expected of ['gpus', 'nvme', 'connectx', 'fpgas', 'several-resources-monitoring', 'simulate', 'handoff', 'dra']) {
       expect(names.some((n) => n.startsWith(expected)), `ci/${expected}*.yaml`).toBe(true);
     }
   });
@@ -152,7 +144,7 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(objects.length).toBeGreaterThanOrEqual(2);
       for (const obj of objects) {
         expect(() => validateObject(obj), `${obj.kind}/${obj.metadata.name}`).not.toThrow();
-        if (obj.kind !== 'ClusterRole' && obj.kind !== 'ClusterRoleBinding') {
+        if (!CLUSTER_SCOPED.has(obj.kind)) {
           const expectedNs = obj.kind === 'ServiceMonitor' ? values.metrics?.serviceMonitor?.namespace || NAMESPACE : NAMESPACE;
           expect(obj.metadata.namespace, `${obj.kind} namespace`).toBe(expectedNs);
         }

@@ -108,8 +108,8 @@ describe('DRA registration', () => {
     await n.kubelet!.waitForPlugin(DRIVER);
     expect(n.kubelet!.infoCalls).toBeGreaterThan(before);
     await unlink(n.daemon.dra!.registration.socketPath);
-    await waitFor(() => n.kubelet!.infoCalls > before + 1, 5000);
-    await waitFor(() => n.daemon.dra!.registration.report().registered, 5000);
+    await waitFor(() => n.kubelet!.infoCalls > before + 1, { timeoutMs: 5000 });
+    await waitFor(() => n.daemon.dra!.registration.report().registered, { timeoutMs: 5000 });
     // The service socket, removed, is served again too.
     await unlink(n.daemon.dra!.server.socketPath);
     await n.daemon.dra!.checkNow();

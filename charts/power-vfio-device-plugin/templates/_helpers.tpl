@@ -111,3 +111,63 @@ twice, and handoff options only on handoff resources.
 {{- $_ := set $seen $r.name $i -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The kubelet front end this release runs: "dra" or "device-plugin". auto asks
+for the DeviceClass kind, not only the group version: Helm's built-in list,
+used when it knows no cluster (helm template, --dry-run=client), names
+resource.k8s.io/v1 whatever the cluster serves, while a live API server's list
+(and --api-versions resource.k8s.io/v1/DeviceClass) names its kinds too.
+*/}}
+{{- define "pvdp.kubeletApi" -}}
+{{- if ne .Values.kubeletApi "auto" -}}
+{{- .Values.kubeletApi -}}
+{{- else if .Capabilities.APIVersions.Has "resource.k8s.io/v1/DeviceClass" -}}
+dra
+{{- else -}}
+device-plugin
+{{- end -}}
+{{- end -}}
+
+{{/* The driver's own host directory: its service socket and checkpoint. */}}
+{{- define "pvdp.draDriverDir" -}}
+{{- printf "%s/%s" (clean .Values.dra.pluginsDir | trimSuffix "/") .Values.dra.driverName -}}
+{{- end -}}
+
+{{/* The DeviceClass of a resource: "ibm.com/nvme" -> "nvme.ibm.com" (a DNS subdomain). */}}
+{{- define "pvdp.deviceClassName" -}}
+{{- $parts := splitList "/" . -}}
+{{- printf "%s.%s" (index $parts 1 | lower | replace "_" "-") (index $parts 0) -}}
+{{- end -}}
+
+{{/*
+Checks of the DRA values the schema cannot express: the two sockets fit a unix
+socket path (107 bytes, as the plugin checks at start), and each resource gives
+a valid DeviceClass name that no other resource gives.
+*/}}
+{{- define "pvdp.validateDra" -}}
+{{- if eq (include "pvdp.kubeletApi" .) "dra" -}}
+{{- $driver := .Values.dra.driverName -}}
+{{- $registrySocket := printf "%s/%s-reg.sock" (clean .Values.dra.pluginsRegistryDir | trimSuffix "/") $driver -}}
+{{- if gt (len $registrySocket) 107 -}}
+{{- fail (printf "dra.pluginsRegistryDir: the registration socket %s is %d bytes; unix socket paths are limited to 107: use a shorter directory" $registrySocket (len $registrySocket)) -}}
+{{- end -}}
+{{- $serviceSocket := printf "%s/dra.sock" (include "pvdp.draDriverDir" .) -}}
+{{- if gt (len $serviceSocket) 107 -}}
+{{- fail (printf "dra.pluginsDir: the service socket %s is %d bytes; unix socket paths are limited to 107: use a shorter directory or driverName" $serviceSocket (len $serviceSocket)) -}}
+{{- end -}}
+{{- if .Values.dra.deviceClasses.create -}}
+{{- $classes := dict -}}
+{{- range $i, $r := .Values.config.resources -}}
+{{- $class := include "pvdp.deviceClassName" $r.name -}}
+{{- if or (gt (len $class) 253) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" $class)) -}}
+{{- fail (printf "config.resources[%d].name %q: its DeviceClass name %q is not a DNS subdomain; rename the resource or set dra.deviceClasses.create: false and write the classes yourself" $i $r.name $class) -}}
+{{- end -}}
+{{- if hasKey $classes $class -}}
+{{- fail (printf "config.resources[%d].name %q: its DeviceClass name %q is also that of config.resources[%d]; rename one of them or set dra.deviceClasses.create: false" $i $r.name $class (get $classes $class)) -}}
+{{- end -}}
+{{- $_ := set $classes $class $i -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
