@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
-import { preparationSchema } from '../../src/config/schema.js';
+import { effectivePreparation } from '../../src/dra/claim-config.js';
 import {
   CLAIM_CONFIG_API_VERSION,
   CLAIM_CONFIG_KIND,
@@ -305,8 +305,9 @@ describe.skipIf(!setup.helm)('DeviceClasses', () => {
         expect(apiVersion).toBe(CLAIM_CONFIG_API_VERSION);
         expect(kind).toBe(CLAIM_CONFIG_KIND);
         expect(preparation).toEqual(r.preparation);
-        // The same preparation the node's config file gives the resource, so class and node agree.
-        expect(preparationSchema.parse(preparation)).toEqual(parsed.resources[i]!.preparation);
+        // The driver reads it as class configuration over a verify base and ends with the node's own preparation.
+        const fromClass = effectivePreparation({ mode: 'verify' }, [{ index: 0, source: 'FromClass', requests: [], parameters }], 'r');
+        expect(fromClass).toEqual(parsed.resources[i]!.preparation);
         // The API server refuses opaque parameters over 10 Ki.
         expect(Buffer.byteLength(JSON.stringify(parameters))).toBeLessThanOrEqual(10 * 1024);
       });
@@ -322,7 +323,8 @@ describe.skipIf(!setup.helm)('DeviceClasses', () => {
       mode: 'handoff',
       handoff: { memorySize: '256Mi', hugePageShift: '16Mi', claimTimeoutSeconds: 120, iommu: 'auto' },
     });
-    expect(preparationSchema.parse({ mode: 'handoff', handoff: { memorySize: '256Mi', hugePageShift: '16Mi' } }).handoff).toMatchObject({
+    const parameters = nvme!.spec.config![0]!.opaque.parameters;
+    expect(effectivePreparation({ mode: 'none' }, [{ index: 0, source: 'FromClass', requests: [], parameters }], 'nvme').handoff).toMatchObject({
       memorySize: 256 * 2 ** 20,
       hugePageShift: 24,
     });
