@@ -18,8 +18,9 @@ import { kubeletPath } from './kubelet-path.js';
 import { health } from './health.js';
 import { footprint } from './footprint.js';
 import { preparation } from './preparation.js';
+import { dra } from './dra.js';
 
-export const BENCHMARKS: readonly Benchmark[] = [discovery, kubeletPath, health, footprint, preparation];
+export const BENCHMARKS: readonly Benchmark[] = [discovery, kubeletPath, health, footprint, preparation, dra];
 
 /** The repository root: the nearest directory upwards holding package.json. */
 export function repoRoot(): string {

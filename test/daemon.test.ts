@@ -16,7 +16,7 @@ import { simulatedSettings } from '../src/simulate/settings.js';
 import type { DiscoveryRoots } from '../src/topology/types.js';
 import { malformedTree } from './helpers/fixtures.js';
 import { parseConfigText } from '../src/config/load.js';
-import { startFakeApiServer, type FakeApiServer } from './helpers/fake-apiserver.js';
+import { startFakeApiServer, type FakeApiServer } from '../src/simulate/api-server.js';
 import { NodeReporter } from '../src/report/node-reporter.js';
 import { createMetrics, type PluginMetrics } from '../src/report/metrics.js';
 import { waitFor } from './helpers/fixtures.js';

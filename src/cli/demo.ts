@@ -167,6 +167,10 @@ export async function runDemo(): Promise<number> {
     await back;
     say(`  all ${config.resources.length} resources re-registered ${Date.now() - restart} ms later`);
 
+    // The DRA steps load the Kubernetes client; the device plugin steps above never do.
+    const { runDraDemo } = await import('./demo-dra.js');
+    await runDraDemo({ dir, logger, say, heading, first: 9 });
+
     say(`\n${bold('Done.')} Run the tests with: npm test`);
     return 0;
   } catch (err) {

@@ -21,7 +21,7 @@ import type {
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { classifyApiError, type ApiErrorKind, type ClassifiedApiError } from '../report/api-errors.js';
-import { buildSlices, sameSliceContent, type PublishedDevice, type ResourceSlice, type SliceContext } from './slices.js';
+import { buildSlices, sameSliceContent, sliceFingerprint, type PublishedDevice, type ResourceSlice, type SliceContext } from './slices.js';
 
 type ClientModule = typeof import('@kubernetes/client-node');
 
@@ -55,7 +55,7 @@ export interface SlicePublisherOptions {
   resyncMs?: number;
   /** Deadline of each request (of a watch: until the server answers); default 10 000 ms. */
   requestTimeoutMs?: number;
-  /** Updates within this window go out as one publish; default 50 ms. */
+  /** Updates (and watch events) within this window go out as one publish; default 25 ms. */
   coalesceMs?: number;
   /** Random numbers in [0, 1) for the jitter; tests pin it. */
   random?: () => number;
@@ -94,6 +94,8 @@ const STATE_MESSAGES: Record<ApiErrorKind, string> = {
 
 /** How often a write is retried at once after a 409 before the attempt counts as failed. */
 const CONFLICT_RETRIES = 3;
+/** Slices written at the same time: a large pool comes back quickly after the kubelet deleted it. */
+const WRITE_CONCURRENCY = 4;
 const RESOURCE_SLICES_PATH = '/apis/resource.k8s.io/v1/resourceslices';
 
 interface Clients {
@@ -101,6 +103,14 @@ interface Clients {
   kc: KubeConfig;
   core: CoreV1Api;
   resource: ResourceV1Api;
+}
+
+interface PublishedSlice {
+  slice: ResourceSlice;
+  resourceVersion: string | undefined;
+  key: string;
+  /** sliceFingerprint(slice), kept to compare watch events cheaply. */
+  fingerprint: string;
 }
 
 interface WatchEvent {
@@ -123,13 +133,20 @@ export class SlicePublisher {
 
   private clients: Clients | null = null;
 
-  // What update() last accepted, and its content key (the slices at generation 0).
+  // What update() last accepted: the devices, their slices at generation 0 (built
+  // with the Node uid known then) and the content key of those slices.
   private devices: PublishedDevice[] | null = null;
+  private base: ResourceSlice[] = [];
+  private baseNodeUid: string | undefined;
   private desiredKey: string | null = null;
   /** Key of what the server holds as far as we know; null when that is in doubt. */
   private publishedKey: string | null = null;
-  /** The slices of the last publish, by name, with the resourceVersion the server gave each. */
-  private published = new Map<string, { slice: ResourceSlice; resourceVersion: string | undefined }>();
+  /** The slices of the last publish, by name: what we wrote, the resourceVersion the server gave it, the content key. */
+  private published = new Map<string, PublishedSlice>();
+  /** Counts doubts: a run that saw one arrive while it ran must not claim the server is in sync. */
+  private doubts = 0;
+  /** Fingerprints of the slices being written right now: their watch events may come before the server's answers. */
+  private writing = new Map<string, string>();
   private generation = 0;
   private publishedDevices = 0;
 
@@ -177,7 +194,7 @@ export class SlicePublisher {
     this.retryMaxMs = Math.max(this.retryMinMs, options.retryMaxMs ?? 30_000);
     this.resyncMs = options.resyncMs ?? 60_000;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
-    this.coalesceMs = options.coalesceMs ?? 50;
+    this.coalesceMs = options.coalesceMs ?? 25;
     this.random = options.random ?? Math.random;
     // Check the names now: a wrong driver or node name is a configuration error, not an API failure.
     buildSlices(this.context(0), []);
@@ -202,11 +219,11 @@ export class SlicePublisher {
   /** The pool's devices now. Returns at once; bursts coalesce; an unchanged pool writes nothing. */
   update(devices: PublishedDevice[]): void {
     if (this.stopped) return;
-    let key: string;
     let copy: PublishedDevice[];
+    let base: ResourceSlice[];
     try {
       copy = structuredClone(devices);
-      key = this.contentKey(copy);
+      base = buildSlices(this.context(0), copy);
     } catch (err) {
       const message = (err as Error).message;
       this.lastError = message;
@@ -217,8 +234,11 @@ export class SlicePublisher {
       return;
     }
     this.lastBuildError = undefined;
+    const key = JSON.stringify(base);
     if (key === this.desiredKey) return;
     this.devices = copy;
+    this.base = base;
+    this.baseNodeUid = this.nodeUid;
     this.desiredKey = key;
     if (this.started) this.schedule(this.coalesceMs);
   }
@@ -280,9 +300,9 @@ export class SlicePublisher {
     };
   }
 
-  /** What the slices say apart from their generation; equal keys mean nothing to write. */
-  private contentKey(devices: PublishedDevice[]): string {
-    return JSON.stringify(buildSlices(this.context(0), devices));
+  /** The desired slices at a generation (built and checked once per update). */
+  private atGeneration(generation: number): ResourceSlice[] {
+    return this.base.map((s) => ({ ...s, spec: { ...s.spec, pool: { ...s.spec.pool, generation } } }));
   }
 
   private isSynced(): boolean {
@@ -293,6 +313,7 @@ export class SlicePublisher {
   private doubt(reason: string): void {
     if (this.stopped) return;
     this.logger.debug({ reason }, 'Checking the ResourceSlices on the server');
+    this.doubts += 1;
     this.publishedKey = null;
     this.schedule(this.coalesceMs);
   }
@@ -364,6 +385,7 @@ export class SlicePublisher {
 
   /** Reads the Node when due, lists our slices, and writes only when they differ from what we want. */
   private async syncOnce(): Promise<void> {
+    const doubtsBefore = this.doubts;
     const clients = await this.client();
     if (this.nodeReadDue) await this.readNode(clients);
     const existing = await this.listOurs(clients);
@@ -371,57 +393,87 @@ export class SlicePublisher {
     const devices = this.devices;
     if (devices === null) return;
     // The Node's uid may have become known since update(): it is part of the content.
-    const key = this.contentKey(devices);
-    this.desiredKey = key;
+    if (this.baseNodeUid !== this.nodeUid) {
+      this.base = buildSlices(this.context(0), devices);
+      this.baseNodeUid = this.nodeUid;
+      this.desiredKey = JSON.stringify(this.base);
+    }
+    const key = this.desiredKey!;
 
-    if (this.generation > 0 && this.matches(existing, buildSlices(this.context(this.generation), devices))) {
-      this.publishedKey = key;
+    if (this.generation > 0 && this.matches(existing, this.atGeneration(this.generation), key)) {
+      // Ours are intact; slices of an older generation beside them are ignored by readers, but are not ours to keep.
+      await this.deleteOthers(clients, existing, new Set(this.published.keys()));
+      if (this.doubts === doubtsBefore) this.publishedKey = key;
       return;
     }
     // Readers use only a pool's highest generation: stay above anything on the server.
     const highest = Math.max(0, ...existing.map((s) => s.spec?.pool?.generation ?? 0));
     const generation = Math.max(this.generation, highest) + 1;
-    const slices = buildSlices(this.context(generation), devices);
-    await this.publish(clients, slices, existing);
+    const slices = this.atGeneration(generation);
+    await this.publish(clients, slices, existing, key);
     this.generation = generation;
     this.publishedDevices = devices.length;
-    this.publishedKey = key;
+    // A change seen meanwhile (the kubelet deleting slices) leaves it in doubt until the next run.
+    if (this.doubts === doubtsBefore) this.publishedKey = key;
     this.logger.info(
       { generation, slices: slices.length, devices: devices.length, replaced: existing.length },
       'Published the ResourceSlices of this node',
     );
   }
 
-  /** True when the server holds exactly `wanted`: each unchanged since we wrote it or equal in content, nothing else. */
-  private matches(existing: V1ResourceSlice[], wanted: ResourceSlice[]): boolean {
-    if (existing.length !== wanted.length) return false;
+  /**
+   * True when the server holds every slice of `wanted`, each unchanged since we
+   * wrote it or equal in content, and nothing else of this pool at the same or a
+   * higher generation (readers would take that for the pool).
+   */
+  private matches(existing: V1ResourceSlice[], wanted: ResourceSlice[], key: string): boolean {
+    const names = new Set(wanted.map((w) => w.metadata.name));
+    const generation = wanted[0]?.spec.pool.generation ?? 0;
+    if (existing.some((s) => !names.has(s.metadata?.name ?? '') && (s.spec?.pool?.generation ?? 0) >= generation)) return false;
     const byName = new Map(existing.map((s) => [s.metadata?.name ?? '', s]));
     return wanted.every((want) => {
       const have = byName.get(want.metadata.name);
       if (!have) return false;
       const ours = this.published.get(want.metadata.name);
-      if (ours?.resourceVersion !== undefined && have.metadata?.resourceVersion === ours.resourceVersion && ours.slice.spec.pool.generation === want.spec.pool.generation) {
-        return sameSliceContent(ours.slice, want);
+      // Untouched since we wrote it, from the same content: no need to compare it field by field.
+      if (
+        ours?.resourceVersion !== undefined &&
+        have.metadata?.resourceVersion === ours.resourceVersion &&
+        ours.key === key &&
+        ours.slice.spec.pool.generation === want.spec.pool.generation
+      ) {
+        return true;
       }
       return sameSliceContent(fromClientSlice(have), want);
     });
   }
 
   /** Writes every slice of the new generation, then deletes the rest, so two generations overlap only briefly. */
-  private async publish(clients: Clients, slices: ResourceSlice[], existing: V1ResourceSlice[]): Promise<void> {
+  private async publish(clients: Clients, slices: ResourceSlice[], existing: V1ResourceSlice[], key: string): Promise<void> {
     const existingByName = new Map(existing.map((s) => [s.metadata?.name ?? '', s]));
-    const written = new Map<string, { slice: ResourceSlice; resourceVersion: string | undefined }>();
-    for (const slice of slices) {
+    const written = new Map<string, PublishedSlice>();
+    const fingerprints = new Map(slices.map((s) => [s.metadata.name, sliceFingerprint(s)]));
+    this.writing = fingerprints;
+    await eachLimited(slices, WRITE_CONCURRENCY, async (slice) => {
       const current = existingByName.get(slice.metadata.name);
       const stored = await this.write(clients, slice, current?.metadata?.resourceVersion, current !== undefined);
-      written.set(slice.metadata.name, { slice, resourceVersion: stored.metadata?.resourceVersion });
+      const entry = { slice, resourceVersion: stored.metadata?.resourceVersion, key, fingerprint: fingerprints.get(slice.metadata.name)! };
+      written.set(slice.metadata.name, entry);
       // Partial progress counts: a retry compares against what is already there.
-      this.published.set(slice.metadata.name, written.get(slice.metadata.name)!);
-    }
+      this.published.set(slice.metadata.name, entry);
+    }).finally(() => {
+      this.writing = new Map();
+    });
     this.published = written;
+    await this.deleteOthers(clients, existing, new Set(written.keys()));
+  }
+
+  /** Deletes every listed slice of this node and driver that is not one of `keep`. */
+  private async deleteOthers(clients: Clients, existing: V1ResourceSlice[], keep: Set<string>): Promise<void> {
     for (const old of existing) {
       const name = old.metadata?.name;
-      if (!name || written.has(name)) continue;
+      if (!name || keep.has(name)) continue;
+      this.logger.debug({ slice: name, generation: old.spec?.pool?.generation }, 'Deleting a ResourceSlice this pool no longer has');
       await this.call('deleteResourceSlice', (o) => clients.resource.deleteResourceSlice({ name }, o)).catch((err: unknown) => {
         // Gone already (the kubelet, or an earlier attempt): that is what we wanted.
         if (err instanceof RequestFailure && err.detail.kind === 'notFound') return;
@@ -731,15 +783,35 @@ export class SlicePublisher {
       if (ours) this.doubt(`ResourceSlice ${metadata.name} was deleted`);
       return;
     }
+    if (ours && metadata.resourceVersion !== undefined && metadata.resourceVersion === ours.resourceVersion) return;
+    const fingerprint = sliceFingerprint(object as unknown as ResourceSlice);
+    if (fingerprint === this.writing.get(metadata.name)) return;
     if (ours) {
-      if (metadata.resourceVersion !== undefined && metadata.resourceVersion === ours.resourceVersion) return;
-      if (sameSliceContent(object as unknown as ResourceSlice, ours.slice)) return;
+      if (fingerprint === ours.fingerprint) return;
       this.doubt(`ResourceSlice ${metadata.name} was changed`);
-    } else if (!this.running) {
-      // A slice of our pool we did not write (and are not about to delete).
+    } else {
+      // A slice of our pool we did not write: someone else's, or left by an earlier run.
       this.doubt(`ResourceSlice ${metadata.name} appeared`);
     }
   }
+}
+
+/** Runs `work` on every item, at most `limit` at a time; stops taking new items after a failure and throws the first once all settled. */
+async function eachLimited<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const errors: unknown[] = [];
+  const worker = async (): Promise<void> => {
+    while (errors.length === 0 && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await work(item);
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (errors.length > 0) throw errors[0];
 }
 
 // ---- the client's model ------------------------------------------------------------------------

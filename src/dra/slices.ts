@@ -275,7 +275,12 @@ export function buildSlices(ctx: SliceContext, devices: readonly PublishedDevice
 
 /** True when two slices say the same thing, ignoring what the server adds (uid, resourceVersion, timeAdded...). */
 export function sameSliceContent(a: ResourceSlice, b: ResourceSlice): boolean {
-  return canonical(ownedPart(a)) === canonical(ownedPart(b));
+  return sliceFingerprint(a) === sliceFingerprint(b);
+}
+
+/** What sameSliceContent compares, as a string to keep and compare again. */
+export function sliceFingerprint(slice: ResourceSlice): string {
+  return canonical(ownedPart(slice));
 }
 
 /** The parts of a slice we write, in a comparable form. */

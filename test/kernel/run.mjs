@@ -2,7 +2,7 @@
 // Real-kernel tests: provisions (cached), then boots each machine once per suite
 // and prints one line per test and a final `N passed, N failed` line.
 //
-//   node test/kernel/run.mjs [--machine pseries|powernv9]... [--suite trivial|contract|dma|handoff]...
+//   node test/kernel/run.mjs [--machine pseries|powernv9]... [--suite trivial|contract|dma|handoff|dra]...
 //                            [--verbose] [--sequential] [--keep-output DIR]
 //
 // Exit codes: 0 all passed; 1 a test failed (or none ran); when provisioning is impossible
@@ -17,8 +17,9 @@ import * as trivial from './suites/trivial.mjs';
 import * as contract from './suites/contract.mjs';
 import * as dma from './suites/dma.mjs';
 import * as handoff from './suites/handoff.mjs';
+import * as dra from './suites/dra.mjs';
 
-const SUITES = { trivial, contract, dma, handoff };
+const SUITES = { trivial, contract, dma, handoff, dra };
 
 function parseArgs(argv) {
   const o = { machines: [], suites: [], verbose: false, sequential: process.env.PVDP_KERNEL_PARALLEL === '0', keep: null };
@@ -32,7 +33,7 @@ function parseArgs(argv) {
     else if (a === '--sequential') o.sequential = true;
     else if (a === '--keep-output') o.keep = argv[++i];
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node test/kernel/run.mjs [--machine pseries|powernv9]... [--suite trivial|contract|dma|handoff]... [--verbose] [--sequential] [--keep-output DIR]');
+      console.log('usage: node test/kernel/run.mjs [--machine pseries|powernv9]... [--suite trivial|contract|dma|handoff|dra]... [--verbose] [--sequential] [--keep-output DIR]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }

@@ -3,7 +3,7 @@ import { Agent, request } from 'node:http';
 import { createMetrics } from '../../src/report/metrics.js';
 import { startProbeServer, type ProbeServer, type ReadinessInput } from '../../src/report/http-server.js';
 import { NodeReporter } from '../../src/report/node-reporter.js';
-import { startFakeApiServer } from '../helpers/fake-apiserver.js';
+import { startFakeApiServer } from '../../src/simulate/api-server.js';
 import { until } from './support.js';
 
 let server: ProbeServer | null = null;

@@ -3,7 +3,7 @@
 // conflicts, fails, hangs or is down. Backoffs are a few milliseconds and every
 // wait polls with a deadline, so the timing of the machine does not matter.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FakeApiServer, startFakeApiServer } from '../helpers/fake-apiserver.js';
+import { FakeApiServer, startFakeApiServer } from '../../src/simulate/api-server.js';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

@@ -1,0 +1,484 @@
+// The "driver" of the dra suite: inside the pseries guest, the daemon with its DRA front end
+// (dist/daemon.js, kubeletApi dra) on the REAL node: sysfs and /dev/vfio of the guest, the
+// preparer of dist/cli/preparation.js over the native binding (every mode: a claim's own
+// configuration picks verify or handoff), the DRA kubelet stand-in (dist/simulate/dra-kubelet.js)
+// on a registry directory under /tmp, and claims from an in-memory ClaimStore. Everything between
+// the stand-in and the driver goes over real unix sockets (registration, DRA service, health).
+//
+// Handoff rounds, one per pod program (the handoff suite's pods):
+//   c      payloads/handoff/pod.c (clients/c/pvdp_handoff.c linked in, static)
+//   node   payloads/handoff/pod-node.mjs (dist/handoff/client.js claim())
+// Each round: NodePrepareResources of a claim for the edu's device with opaque configuration
+// { mode: handoff, memorySize }; the CDI spec the answer names is read and applied as a container
+// runtime would (its mount bind-mounted read-only into a scratch "rootfs", its env given to the
+// pod); a separate pod process claims through PVDP_HANDOFF_SOCKET and drives the edu DMA through the
+// pre-mapped window; while the pod holds everything the kubelet unprepares the claim; then the pod
+// exits, and the driver's VmLck must be back at its baseline, the CDI spec and the handoff directory
+// gone, the checkpoint without the claim, and the group must open again.
+// A verify round: a claim without configuration (the resource's verify mode) prepared and
+// unprepared on the real kernel.
+// One line per check: `DRA PASS|FAIL TAG: name: detail` (the pod's own lines are relayed with its
+// tag); last `DRA SUMMARY passed=N failed=N`.
+//
+//   node dra-driver.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,verify] [--memory 1Mi]
+import { pathToFileURL } from 'node:url';
+import { join, resolve, dirname } from 'node:path';
+import { spawn, execFileSync } from 'node:child_process';
+import { Writable } from 'node:stream';
+import { createInterface } from 'node:readline';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const dist = resolve(opt('dist', '/payload/dist'));
+const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
+const podC = resolve(opt('pod', '/payload/pod'));
+const podNode = join(dirname(podC), 'pod-node.mjs');
+const rounds = opt('rounds', 'c,node,verify').split(',');
+const memorySize = opt('memory', '1Mi');
+const group = Number((process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]);
+const bdf = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0];
+
+const load = (rel) => import(pathToFileURL(join(dist, rel)).href);
+const { NativeBinding, loadNativeAddon } = await load('vfio/native-binding.js');
+const { Daemon } = await load('daemon.js');
+const { buildPreparer } = await load('cli/preparation.js');
+const { DraKubelet } = await load('simulate/dra-kubelet.js');
+const { allocatedClaim, ClaimStore, preparationParameters } = await load('simulate/claims.js');
+const { deviceNameOf } = await load('dra/device-name.js');
+const { DEFAULT_DRIVER_NAME, CHECKPOINT_NAME } = await load('dra/constants.js');
+const { resourceSchema, parseByteSize } = await load('config/schema.js');
+const { capabilitiesOf } = await load('prepare/capabilities.js');
+const { createLogger } = await load('log.js');
+const { DEFAULT_HANDOFF_CONTAINER_DIR } = await load('handoff/service.js');
+
+const b = new NativeBinding(loadNativeAddon(addonPath));
+const memoryBytes = parseByteSize(memorySize);
+const hex = (v) => `0x${BigInt(v).toString(16)}`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+let passed = 0;
+let failed = 0;
+function report(ok, tag, name, detail) {
+  if (ok) passed++;
+  else failed++;
+  console.log(`DRA ${ok ? 'PASS' : 'FAIL'} ${tag}: ${name}${detail ? `: ${String(detail).replace(/\n/g, ' | ')}` : ''}`);
+}
+
+// The daemon's log, kept in memory: shown (the tail) when something fails.
+const logLines = [];
+const logger = createLogger({
+  level: 'debug',
+  destination: new Writable({
+    write(chunk, _enc, cb) {
+      for (const line of chunk.toString().split('\n')) if (line) logLines.push(line);
+      cb();
+    },
+  }),
+});
+
+/** fds of `pid` that are VFIO nodes, memfds or VFIO anon inodes. */
+function vfioFds(pid = 'self') {
+  const out = [];
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    let target;
+    try {
+      target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (target.startsWith('/dev/vfio') || target.startsWith('/memfd:') || target.startsWith('anon_inode:[vfio')) out.push(`${fd}=${target}`);
+  }
+  return out;
+}
+const memfdMappings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:'));
+const busybox = (applet, argv) => execFileSync(existsSync('/bin/busybox') ? '/bin/busybox' : applet, existsSync('/bin/busybox') ? [applet, ...argv] : argv);
+const listDir = (p) => (existsSync(p) ? readdirSync(p).sort() : null);
+const show = (list) => (list === null ? 'absent' : list.length ? list.join(',') : 'empty');
+
+async function groupOpens() {
+  try {
+    const fd = await b.openGroup('/', group);
+    await b.close(fd);
+    return 'opened and closed';
+  } catch (err) {
+    return `${err.code ?? ''} ${err.message}`;
+  }
+}
+
+/** VmLck of this process, polled until it equals `want` (the kernel releases asynchronously to our reads). */
+async function lockedSettled(want, tries = 50) {
+  let l = await b.lockedMemoryBytes();
+  for (let i = 0; i < tries && l !== want; i++) {
+    await sleep(100);
+    l = await b.lockedMemoryBytes();
+  }
+  return l;
+}
+
+if (!Number.isInteger(group) || !bdf || memoryBytes === null) {
+  console.log(`DRA FAIL setup: arguments: group ${group}, device ${bdf} (PVDP_GROUPS/PVDP_BDFS), --memory ${memorySize}`);
+  console.log('DRA SUMMARY passed=0 failed=1');
+  process.exit(2);
+}
+
+// The node: settings as the CLI makes them for `--kubelet-api dra`, with every directory under one
+// scratch directory (short: socket paths are limited to 108 bytes).
+const dir = mkdtempSync('/tmp/pvdp-dra-');
+const nodeName = 'pseries-guest';
+const driver = DEFAULT_DRIVER_NAME;
+const resources = [resourceSchema.parse({ name: 'example.com/edu', selectors: { vendors: ['1234'] }, preparation: { mode: 'verify' } })];
+const settings = {
+  configFile: null,
+  kubeletApi: 'dra',
+  dra: { driverName: driver, registryDir: join(dir, 'reg'), driverDir: join(dir, 'plugins', driver), cdiSpecDir: join(dir, 'cdi') },
+  sysfsRoot: '/',
+  devRoot: '/',
+  devicePluginDir: join(dir, 'dp'),
+  podResourcesSocket: join(dir, 'pr.sock'),
+  pollIntervalMs: 1000,
+  logLevel: 'debug',
+  simulate: false,
+  cdiSpecDir: null,
+  nodeName,
+  kubeconfig: null,
+  metricsPort: null,
+  metricsBind: '127.0.0.1',
+  handoffHostDir: join(dir, 'handoff'),
+  handoffContainerDir: DEFAULT_HANDOFF_CONTAINER_DIR,
+  resources,
+};
+const checkpointPath = join(settings.dra.driverDir, CHECKPOINT_NAME);
+const checkpointClaims = () => JSON.parse(readFileSync(checkpointPath, 'utf8')).claims;
+
+const store = new ClaimStore();
+const preparation = await buildPreparer({
+  simulate: false,
+  devRoot: '/',
+  resources,
+  logger,
+  allModes: true,
+  binding: b,
+  handoff: { hostDir: settings.handoffHostDir, containerDir: settings.handoffContainerDir, podResourcesSocket: null },
+});
+const daemon = new Daemon(settings, {
+  logger,
+  ...(preparation.preparer ? { preparer: preparation.preparer } : {}),
+  handoff: preparation.handoff,
+  uevents: null,
+  dra: {
+    claims: store.source(),
+    slices: null,
+    verification: (g) => {
+      const v = preparation.lastVerification(g);
+      return v ? { ...capabilitiesOf(v), defaultWindowSize: v.info.dma32WindowSize } : undefined;
+    },
+    checkIntervalMs: 200,
+  },
+});
+const kubelet = new DraKubelet(settings.dra.registryDir, {});
+
+console.log(`# dra on ${process.arch}, node ${process.version}, group ${group}, device ${bdf}, page ${b.pageSize}, driver pid ${process.pid}, scratch ${dir}`);
+let deviceName = null;
+
+async function setup() {
+  // The kubelet's plugin manager retries a registration that failed (its reconciler runs every
+  // second); the stand-in tries once per socket event, so do the kubelet's retry here. Under TCG the
+  // first GetInfo (1 s deadline) can miss while the guest is busy.
+  const refusals = [];
+  kubelet.on('refused', (socket, reason) => {
+    refusals.push(reason);
+    console.log(`# registration attempt ${refusals.length} failed: ${reason}`);
+    if (refusals.length < 10) setTimeout(() => void kubelet.scan(), 1000).unref();
+  });
+  const registered = kubelet.waitForPlugin(driver, 60_000);
+  await kubelet.start();
+  const topology = await daemon.start();
+  const plugin = await registered;
+  const g = topology.groups.get(group);
+  deviceName = g ? deviceNameOf(g) : null;
+  const expected = `pci-${bdf.toLowerCase().replace(/[:.]/g, '-')}`;
+  report(
+    plugin.version === 'v1' && plugin.endpoint === join(settings.dra.driverDir, 'dra.sock') && deviceName === expected,
+    'setup',
+    "the daemon discovers the guest's sysfs and the kubelet stand-in registers the DRA driver over the registration socket",
+    `plugin ${plugin.name} ${plugin.version} at ${plugin.endpoint} (GetInfo calls ${kubelet.infoCalls}, failed attempts ${refusals.length}); ${topology.groups.size} IOMMU groups; group ${group} -> device ${deviceName} (expected ${expected})`,
+  );
+  // The pool as the kubelet sees it: the health stream names the edu's device, healthy.
+  let health;
+  try {
+    health = await kubelet.waitForHealth(driver, (h) => h.some((e) => e.device === deviceName), 10_000);
+  } catch (err) {
+    health = err;
+  }
+  const mine = Array.isArray(health) ? health.find((e) => e.device === deviceName) : undefined;
+  report(
+    mine?.health === 'HEALTHY' && mine.pool === nodeName,
+    'setup',
+    "the health stream lists the edu's device in this node's pool, healthy",
+    Array.isArray(health) ? health.map((e) => `${e.pool}/${e.device} ${e.health}${e.message ? ` (${e.message})` : ''}`).join(', ') : health.message,
+  );
+  return Boolean(deviceName);
+}
+
+function readSpec(answerDevice, uid) {
+  const files = listDir(settings.dra.cdiSpecDir) ?? [];
+  const file = files.find((f) => f.includes(uid));
+  if (!file) return { file: null, spec: null, files };
+  return { file, spec: JSON.parse(readFileSync(join(settings.dra.cdiSpecDir, file), 'utf8')), files };
+}
+
+async function handoffRound(tag) {
+  const l0 = await b.lockedMemoryBytes();
+  const f0 = vfioFds();
+  const ref = store.put(
+    allocatedClaim({
+      name: `edu-handoff-${tag}`,
+      driver,
+      pool: nodeName,
+      devices: [{ request: 'edu', device: deviceName }],
+      config: [{ source: 'FromClaim', requests: ['edu'], parameters: preparationParameters({ mode: 'handoff', handoff: { memorySize } }) }],
+    }),
+  );
+  const t0 = process.hrtime.bigint();
+  const answer = (await kubelet.prepare(driver, [ref]))[ref.uid];
+  const prepMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const l1 = await b.lockedMemoryBytes();
+  const cdiId = `${driver}/vfio=${ref.uid}-${deviceName}`;
+  const dev = answer?.devices?.[0];
+  report(
+    answer?.error === '' && answer.devices.length === 1 && dev.device_name === deviceName && dev.pool_name === nodeName && dev.cdi_device_ids.join() === cdiId,
+    tag,
+    `NodePrepareResources (mode handoff, memorySize ${memorySize}) answers the CDI id`,
+    `error "${answer?.error ?? 'no answer'}", device ${dev?.pool_name}/${dev?.device_name}, CDI ${dev?.cdi_device_ids?.join(',')}, ${prepMs.toFixed(0)} ms`,
+  );
+  if (answer?.error !== '') return;
+  report(
+    l1 >= l0 + BigInt(memoryBytes) && vfioFds().length > f0.length,
+    tag,
+    'the prepared container is pinned and held by the driver until the pod claims it',
+    `VmLck ${hex(l0)} before prepare -> ${hex(l1)} prepared (+${(l1 - l0) >> 10n} KiB), driver VFIO/memfd fds +${vfioFds().length - f0.length}`,
+  );
+
+  // The CDI spec the id names, as the container runtime reads it.
+  const { file, spec } = readSpec(dev, ref.uid);
+  const env = Object.fromEntries((spec?.containerEdits?.env ?? []).map((e) => e.split(/=(.*)/s).slice(0, 2)));
+  const mount = spec?.containerEdits?.mounts?.[0];
+  const specDevice = spec?.devices?.find((d) => `${spec.kind}=${d.name}` === cdiId);
+  const nodes = [...(spec?.containerEdits?.deviceNodes ?? []), ...(specDevice?.containerEdits?.deviceNodes ?? [])].map((d) => d.path);
+  const charNodes = nodes.filter((p) => existsSync(p) && statSync(p).isCharacterDevice());
+  const socketEnv = env.PVDP_HANDOFF_SOCKET;
+  report(
+    Boolean(specDevice) &&
+      nodes.join() === `/dev/vfio/vfio,/dev/vfio/${group}` &&
+      charNodes.length === 2 &&
+      mount?.options?.includes('ro') &&
+      typeof socketEnv === 'string' &&
+      socketEnv.startsWith(`${mount.containerPath}/`) &&
+      existsSync(join(mount.hostPath, socketEnv.slice(mount.containerPath.length + 1))) &&
+      env.VFIO_GROUPS_EXAMPLE_COM_EDU === String(group) &&
+      Number(env.PVDP_HANDOFF_MEMORY_SIZE) === memoryBytes,
+    tag,
+    'the CDI spec has the device nodes, a read-only mount of the handoff directory and PVDP_HANDOFF_SOCKET',
+    `${file}: device ${specDevice?.name}, nodes ${nodes.join(',')} (${charNodes.length} char devices), mount ${mount?.hostPath} -> ${mount?.containerPath} (${mount?.options?.join(',')}), ` +
+      `PVDP_HANDOFF_SOCKET=${socketEnv}, PVDP_HANDOFF_MEMORY_SIZE=${env.PVDP_HANDOFF_MEMORY_SIZE}, VFIO_GROUPS_EXAMPLE_COM_EDU=${env.VFIO_GROUPS_EXAMPLE_COM_EDU}`,
+  );
+  const cp = checkpointClaims()[ref.uid];
+  report(
+    cp?.state === 'prepared' && cp.groupSets?.[0]?.mode === 'handoff' && cp.devices?.[0]?.group === group && cp.cdiSpecFile === file,
+    tag,
+    'the checkpoint records the claim as prepared (handoff, the group, the spec file)',
+    cp ? `state ${cp.state}, sets ${cp.groupSets.map((s) => `${s.resource}:${s.mode}:${s.groups.join('+')}`).join(' ')}, spec ${cp.cdiSpecFile}` : 'no entry',
+  );
+  // The kubelet retries prepare: the same answer, nothing prepared twice.
+  const again = (await kubelet.prepare(driver, [ref]))[ref.uid];
+  const lAgain = await b.lockedMemoryBytes();
+  report(
+    JSON.stringify(again) === JSON.stringify(answer) && lAgain === l1,
+    tag,
+    'a repeated NodePrepareResources gives the same answer and prepares nothing again',
+    `same answer ${JSON.stringify(again) === JSON.stringify(answer)}, VmLck ${hex(lAgain)}`,
+  );
+  if (!mount || !socketEnv) return;
+
+  // The container runtime's part: the spec's mount, read-only, in the pod's root; the spec's env.
+  const rootfs = join(dir, `rootfs-${tag}`);
+  const view = join(rootfs, mount.containerPath);
+  mkdirSync(view, { recursive: true });
+  busybox('mount', ['-o', 'bind', mount.hostPath, view]);
+  busybox('mount', ['-o', 'remount,bind,ro', view]);
+  const podSocket = join(rootfs, socketEnv);
+  const podEnv = { ...process.env, ...env, PVDP_VFIO_ADDON: addonPath };
+  const cmd =
+    tag === 'c'
+      ? { file: podC, args: ['claim', podSocket, bdf, tag] }
+      : { file: process.execPath, args: [podNode, '--socket', podSocket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath] };
+  const pod = spawn(cmd.file, cmd.args, { stdio: ['pipe', 'pipe', 'inherit'], env: podEnv });
+  const exited = new Promise((r) => pod.once('exit', (code, signal) => r({ code, signal })));
+  let holding = false;
+  let lHeld = null;
+  let lUnprepared = null;
+  const heldCheck = new Promise((resolveHeld) => {
+    const rl = createInterface({ input: pod.stdout });
+    rl.on('line', async (line) => {
+      // The pod's lines, under this round's tag.
+      const m = /^HANDOFF (PASS|FAIL) (\S+): (.*)$/.exec(line);
+      if (m) {
+        if (m[1] === 'PASS') passed++;
+        else failed++;
+        console.log(`DRA ${m[1]} ${tag}: pod: ${m[3]}`);
+        return;
+      }
+      console.log(`# pod ${tag}: ${line}`);
+      if (!line.startsWith('HANDOFF HOLDING')) return;
+      holding = true;
+      try {
+        const s = preparation.handoff.manager.status()[0];
+        const mine = vfioFds();
+        const maps = memfdMappings();
+        lHeld = await b.lockedMemoryBytes();
+        report(
+          s?.state === 'claimed' && mine.length === f0.length && maps.length === 0 && lHeld === l1,
+          tag,
+          "while the pod holds the container the driver holds nothing of it, and the pinning stays charged to the driver's mm",
+          `state ${s?.state}, driver VFIO fds ${mine.length - f0.length} more than before prepare, memfd mappings ${maps.length}, VmLck ${hex(lHeld)} while held (prepared ${hex(l1)})`,
+        );
+        // The kubelet unprepares (the pod's containers are gone as far as it knows) while the pod still runs.
+        const un = (await kubelet.unprepare(driver, [ref]))[ref.uid];
+        lUnprepared = await b.lockedMemoryBytes();
+        const claimsLeft = checkpointClaims();
+        const specLeft = listDir(settings.dra.cdiSpecDir);
+        const handoffLeft = listDir(settings.handoffHostDir);
+        report(
+          un?.error === '' && !(ref.uid in claimsLeft) && !specLeft?.includes(file) && (handoffLeft === null || handoffLeft.length === 0) && preparation.handoff.manager.status().length === 0,
+          tag,
+          'NodeUnprepareResources while the pod holds the container: the CDI spec and the handoff directory are gone, the checkpoint has no claim',
+          `error "${un?.error ?? 'no answer'}", checkpoint claims ${Object.keys(claimsLeft).length}, CDI dir ${show(specLeft)}, handoff dir ${show(handoffLeft)}, handoff slots ${preparation.handoff.manager.status().length}`,
+        );
+        report(
+          lUnprepared === l1,
+          tag,
+          "after the unprepare the pod's hold keeps the pages pinned (the kernel releases them when the pod closes the container)",
+          `VmLck ${hex(lUnprepared)} (prepared ${hex(l1)})`,
+        );
+      } catch (err) {
+        report(false, tag, 'checks while the pod holds the container', `${err.code ?? ''} ${err.stack ?? err.message}`);
+      }
+      pod.stdin.end('go\n');
+      resolveHeld();
+    });
+  });
+  const timer = setTimeout(() => pod.kill('SIGKILL'), 90_000);
+  const result = await exited;
+  clearTimeout(timer);
+  if (holding) await heldCheck;
+  report(result.code === 0 && holding, tag, 'the pod exits 0 after claiming through the CDI mount', `exit ${result.code}${result.signal ? ` signal ${result.signal}` : ''}, socket ${podSocket}`);
+  try {
+    busybox('umount', [view]);
+    rmSync(rootfs, { recursive: true });
+  } catch (err) {
+    report(false, tag, "the pod's view unmounts", err.message);
+  }
+  if (!holding) {
+    await kubelet.unprepare(driver, [ref]).catch(() => undefined);
+  }
+
+  // The pod's exit released everything in the kernel.
+  const l2 = await lockedSettled(l0);
+  report(
+    l2 === l0 && lHeld !== null,
+    tag,
+    "after the pod exits the driver's VmLck is back at its baseline",
+    `VmLck ${hex(l0)} before prepare, ${hex(l1)} prepared, ${lHeld === null ? '-' : hex(lHeld)} while the pod held it, ${lUnprepared === null ? '-' : hex(lUnprepared)} after unprepare with the pod holding, ${hex(l2)} after the pod exited`,
+  );
+  const reopen = await groupOpens();
+  const left = vfioFds();
+  report(reopen === 'opened and closed' && left.length === f0.length, tag, `nothing holds group ${group} any more (/dev/vfio/${group} opens again)`, `${reopen}; driver VFIO fds ${left.join(',') || 'none'}`);
+}
+
+async function verifyRound(tag) {
+  const l0 = await b.lockedMemoryBytes();
+  const ref = store.put(allocatedClaim({ name: 'edu-verify', driver, pool: nodeName, devices: [{ request: 'edu', device: deviceName }] }));
+  const answer = (await kubelet.prepare(driver, [ref]))[ref.uid];
+  const l1 = await b.lockedMemoryBytes();
+  const cdiId = `${driver}/vfio=${ref.uid}-${deviceName}`;
+  const dev = answer?.devices?.[0];
+  report(
+    answer?.error === '' && dev?.device_name === deviceName && dev.cdi_device_ids.join() === cdiId,
+    tag,
+    'NodePrepareResources of a claim without configuration (the resource is in verify mode) answers the CDI id',
+    `error "${answer?.error ?? 'no answer'}", CDI ${dev?.cdi_device_ids?.join(',')}`,
+  );
+  const { file, spec } = readSpec(dev, ref.uid);
+  const env = spec?.containerEdits?.env ?? [];
+  const nodes = [...(spec?.containerEdits?.deviceNodes ?? []), ...(spec?.devices?.[0]?.containerEdits?.deviceNodes ?? [])].map((d) => d.path);
+  const cp = checkpointClaims()[ref.uid];
+  report(
+    nodes.join() === `/dev/vfio/vfio,/dev/vfio/${group}` && !(spec?.containerEdits?.mounts?.length > 0) && !env.some((e) => e.startsWith('PVDP_HANDOFF_')) && cp?.state === 'prepared' && cp.groupSets[0]?.mode === 'verify',
+    tag,
+    'its CDI spec has the device nodes only (no handoff mount or variables); the checkpoint records it (verify)',
+    `${file}: nodes ${nodes.join(',')}, mounts ${spec?.containerEdits?.mounts?.length ?? 0}, env ${env.join(' ')}, checkpoint ${cp?.state} ${cp?.groupSets?.[0]?.mode}`,
+  );
+  const described = preparation.describe(group);
+  const v = preparation.lastVerification(group);
+  const reopen = await groupOpens();
+  report(
+    Boolean(v) && /sPAPR/.test(described) && l1 === l0 && reopen === 'opened and closed',
+    tag,
+    'the verification ran on the real kernel and released everything (VmLck unchanged, the group opens while the claim is prepared)',
+    `${described}; VmLck ${hex(l0)} -> ${hex(l1)}; group ${group} ${reopen}`,
+  );
+  const un = (await kubelet.unprepare(driver, [ref]))[ref.uid];
+  const specLeft = listDir(settings.dra.cdiSpecDir);
+  report(
+    un?.error === '' && !specLeft?.includes(file) && !(ref.uid in checkpointClaims()),
+    tag,
+    'NodeUnprepareResources removes its CDI spec and its checkpoint entry',
+    `error "${un?.error ?? 'no answer'}", CDI dir ${show(specLeft)}, checkpoint claims ${Object.keys(checkpointClaims()).length}`,
+  );
+}
+
+let lStart = null;
+let fStart = [];
+try {
+  if (await setup()) {
+    lStart = await b.lockedMemoryBytes();
+    fStart = vfioFds();
+    for (const tag of rounds) {
+      try {
+        if (tag === 'verify') await verifyRound(tag);
+        else await handoffRound(tag);
+      } catch (err) {
+        report(false, tag, 'round ran', `${err.code ?? ''} ${err.stack ?? err.message}`);
+      }
+    }
+  }
+} catch (err) {
+  report(false, 'setup', 'the daemon and the kubelet stand-in start', `${err.code ?? ''} ${err.stack ?? err.message}`);
+}
+
+// Shutdown: nothing prepared stays, nothing is held, and the scratch directory goes.
+try {
+  await daemon.stop();
+  await kubelet.stop();
+  const lEnd = await b.lockedMemoryBytes();
+  const left = vfioFds();
+  const claimsLeft = existsSync(checkpointPath) ? Object.keys(checkpointClaims()) : [];
+  report(
+    lStart !== null && lEnd === lStart && left.length === 0 && fStart.length === 0 && claimsLeft.length === 0 && (listDir(settings.dra.cdiSpecDir) ?? []).length === 0,
+    'driver',
+    'after every round and stop() the VmLck is as at start, no VFIO fd is left, no claim and no CDI spec remain',
+    `VmLck ${lStart === null ? '-' : hex(lStart)} -> ${hex(lEnd)}, fds ${left.join(',') || 'none'}, checkpoint claims ${claimsLeft.length}, CDI dir ${show(listDir(settings.dra.cdiSpecDir))}`,
+  );
+} catch (err) {
+  report(false, 'driver', 'stop()', `${err.code ?? ''} ${err.stack ?? err.message}`);
+}
+rmSync(dir, { recursive: true, force: true });
+if (failed) {
+  console.log('# daemon log (last 40 lines):');
+  for (const l of logLines.slice(-40)) console.log(`# ${l}`);
+}
+console.log(`DRA SUMMARY passed=${passed} failed=${failed}`);
+process.exit(failed === 0 && passed > 0 ? 0 : 1);
