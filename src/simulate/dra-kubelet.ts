@@ -62,6 +62,8 @@ export interface DraKubeletOptions {
   onStart?: () => Promise<void>;
   /** Per-call deadline for prepare and unprepare (the kubelet's 45 s). */
   callTimeoutMs?: number;
+  /** First delay before registering a socket again after a failed attempt (the kubelet's 1 s, doubling). */
+  retryMs?: number;
 }
 
 interface Connection {
@@ -79,6 +81,8 @@ function deadline(ms: number): Date {
 export class DraKubelet extends EventEmitter<DraKubeletEvents> {
   private readonly connections = new Map<string, Connection>();
   private readonly pending = new Set<string>();
+  /** Sockets whose registration failed: the next attempt's timer and delay. */
+  private readonly retries = new Map<string, { timer: NodeJS.Timeout | null; delayMs: number }>();
   private watcher: FSWatcher | null = null;
   private running = false;
   /** GetInfo calls made (each registration attempt). */
@@ -121,6 +125,8 @@ export class DraKubelet extends EventEmitter<DraKubeletEvents> {
     this.running = false;
     this.watcher?.close();
     this.watcher = null;
+    for (const r of this.retries.values()) if (r.timer) clearTimeout(r.timer);
+    this.retries.clear();
     for (const c of this.connections.values()) this.disconnect(c);
     this.connections.clear();
   }
@@ -156,6 +162,7 @@ export class DraKubelet extends EventEmitter<DraKubeletEvents> {
         this.disconnect(known);
         this.connections.delete(path);
       }
+      if (this.retries.get(path)?.timer) continue;
       this.pending.add(path);
       void this.register(path, st.ino).finally(() => this.pending.delete(path));
     }
@@ -172,6 +179,7 @@ export class DraKubelet extends EventEmitter<DraKubeletEvents> {
     const client = new protos.pluginregistration.Registration(`unix:${socket}`, grpc.credentials.createInsecure());
     const refuse = async (reason: string) => {
       this.refusals.set(socket, reason);
+      this.scheduleRetry(socket);
       this.emit('refused', socket, reason);
       await new Promise<void>((resolve) =>
         client.NotifyRegistrationStatus({ plugin_registered: false, error: reason }, { deadline: deadline(5000) }, () => resolve()),
@@ -205,15 +213,43 @@ export class DraKubelet extends EventEmitter<DraKubeletEvents> {
         client.NotifyRegistrationStatus({ plugin_registered: true, error: '' }, { deadline: deadline(5000) }, (err) => (err ? reject(err) : resolve())),
       );
       this.refusals.delete(socket);
+      this.retries.delete(socket);
       if (healthVersion) this.openHealth(connection, healthVersion);
       this.emit('registered', info.name);
     } catch (err) {
       this.refusals.set(socket, (err as Error).message);
+      this.connections.delete(socket);
+      this.scheduleRetry(socket);
       this.emit('refused', socket, (err as Error).message);
     } finally {
       client.close();
     }
   }
+
+  /** As the kubelet's plugin manager: a socket that failed to register is tried again, with backoff, while it is there. */
+  private scheduleRetry(socket: string): void {
+    if (!this.running) return;
+    const previous = this.retries.get(socket);
+    if (previous?.timer) clearTimeout(previous.timer);
+    const delayMs = previous ? Math.min(previous.delayMs * 2, 16_000) : (this.options.retryMs ?? 1000);
+    const entry: { timer: NodeJS.Timeout | null; delayMs: number } = { timer: null, delayMs };
+    entry.timer = setTimeout(() => {
+      entry.timer = null;
+      void lstat(socket)
+        .then((st) => {
+          if (!st.isSocket() || !this.running || this.pending.has(socket)) {
+            this.retries.delete(socket);
+            return;
+          }
+          this.pending.add(socket);
+          return this.register(socket, st.ino).finally(() => this.pending.delete(socket));
+        })
+        .catch(() => this.retries.delete(socket));
+    }, delayMs);
+    entry.timer.unref();
+    this.retries.set(socket, entry);
+  }
+
 
   private openHealth(c: Connection, version: 'v1' | 'v1beta1' | 'v1alpha1'): void {
     const protos = draProtos();
