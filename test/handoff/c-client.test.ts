@@ -98,6 +98,76 @@ describe.skipIf(!hasCc)('C client', () => {
     expect(state.handedOver).toBe(1);
   });
 
+  it('retries BUSY with backoff until the crowd leaves, and at its deadline reports BUSY with the attempts (plain and under ASan)', async () => {
+    const crowd: net.Socket[] = [];
+    try {
+      for (const [round, binary] of [example, ...(asanExample ? [asanExample] : [])].entries()) {
+        await manager.stop();
+        for (const o of state.observers) await native.munmap(o, MiB);
+        const real = realFdSource(native, dir);
+        state = real.state;
+        manager = new HandoffManager({
+          hostDir: join(dir, `busy-${round}`),
+          containerDir: '/run/h',
+          transport: unixTransport(native),
+          source: real.source,
+          limits: { maxConnections: 1, requestTimeoutMs: 15_000 },
+        });
+        await manager.start();
+        const socket = await prepared();
+        const holdOne = () =>
+          new Promise<void>((resolve, reject) => {
+            const s = net.connect(socket, () => resolve());
+            s.on('error', reject);
+            crowd.push(s);
+          });
+        const busyAnswer = () =>
+          new Promise<string>((resolve) => {
+            const s = net.connect(socket);
+            let t = '';
+            s.on('data', (d) => (t += d.toString()));
+            s.on('error', () => undefined);
+            s.on('close', () => resolve(t));
+          });
+        await holdOne();
+        // The crowd holds the only slot once a newcomer is told BUSY.
+        for (let i = 0; i < 100 && !(await busyAnswer()).includes('PVDP_HANDOFF_BUSY'); i++) await new Promise((r) => setTimeout(r, 5));
+
+        // Deadline first: the crowd never leaves.
+        const env = { ...process.env, ASAN_OPTIONS: 'detect_leaks=1', PVDP_HANDOFF_DEBUG: '1' };
+        const gaveUp = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn(binary, [socket], { env: { ...env, PVDP_HANDOFF_TIMEOUT_MS: '300' } });
+          let stderr = '';
+          child.stderr.on('data', (d) => (stderr += d.toString()));
+          child.on('close', (code) => resolve({ code, stderr }));
+        });
+        expect(gaveUp.code).toBe(1);
+        expect(gaveUp.stderr).toMatch(/claim failed: PVDP_HANDOFF_BUSY: .*\(still busy after \d+ attempts within 300 ms\)/);
+
+        // Then the crowd leaves after the first retry is announced; the claim goes through.
+        const done = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+          const child = spawn(binary, [socket], { env });
+          let stdout = '';
+          let stderr = '';
+          child.stdout.on('data', (d) => (stdout += d.toString()));
+          child.stderr.on('data', (d) => {
+            stderr += d.toString();
+            if (/busy, retrying/.test(stderr)) for (const s of crowd.splice(0)) s.destroy();
+          });
+          child.on('close', (code) => resolve({ code, stdout, stderr }));
+        });
+        for (const s of crowd.splice(0)) s.destroy();
+        expect(done.stderr).toMatch(/^pvdp_handoff: busy, retrying in \d+ ms \(attempt 1\)$/m);
+        expect(done.stderr).not.toMatch(/ERROR: (Address|Leak)Sanitizer|runtime error/);
+        expect(done.code).toBe(0);
+        expect(done.stdout).toMatch(/^group 4 fd \d+ functions 0001:00:01.0$/m);
+      }
+    } finally {
+      // A failed round must not leave the crowd holding the plugin's slots.
+      for (const s of crowd.splice(0)) s.destroy();
+    }
+  });
+
   it('reports the plugin\'s error codes: gone after a claim, released after the timeout', async () => {
     const socket = await prepared();
     expect((await run([socket])).code).toBe(0);
