@@ -3,7 +3,7 @@
 // description, receives the fds, and what it writes through the memory fd the
 // plugin side reads (and the reverse). Skipped where no C compiler exists.
 import { describe, it, expect, beforeAll, beforeEach, afterEach } from 'vitest';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -24,9 +24,14 @@ let dir: string;
 let manager: HandoffManager;
 let state: RealFdSourceState;
 
+/** Clients still running: a test that failed or timed out must not leave one behind. */
+const running = new Set<ChildProcess>();
+
 function run(args: string[], binary = example, shellPrefix = ''): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = shellPrefix ? spawn('sh', ['-c', `${shellPrefix}; exec "$0" "$@"`, binary, ...args]) : spawn(binary, args, { env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1' } });
+    running.add(child);
+    child.on('exit', () => running.delete(child));
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d.toString()));
@@ -64,6 +69,8 @@ describe.skipIf(!hasCc)('C client', () => {
   });
 
   afterEach(async () => {
+    for (const child of running) child.kill('SIGKILL');
+    running.clear();
     await manager.stop();
     for (const o of state.observers) await native.munmap(o, MiB);
     await removeDir(dir);
@@ -137,6 +144,7 @@ describe.skipIf(!hasCc)('C client', () => {
         const env = { ...process.env, ASAN_OPTIONS: 'detect_leaks=1', PVDP_HANDOFF_DEBUG: '1' };
         const gaveUp = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
           const child = spawn(binary, [socket], { env: { ...env, PVDP_HANDOFF_TIMEOUT_MS: '300' } });
+          running.add(child);
           let stderr = '';
           child.stderr.on('data', (d) => (stderr += d.toString()));
           child.on('close', (code) => resolve({ code, stderr }));
@@ -147,6 +155,7 @@ describe.skipIf(!hasCc)('C client', () => {
         // Then the crowd leaves after the first retry is announced; the claim goes through.
         const done = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
           const child = spawn(binary, [socket], { env });
+          running.add(child);
           let stdout = '';
           let stderr = '';
           child.stdout.on('data', (d) => (stdout += d.toString()));
@@ -232,6 +241,15 @@ describe.skipIf(!hasCc)('C client', () => {
   const description = (window: { start: string; size: string }, iommu = '"type":"spapr-tce-v2","value":7') =>
     `{"protocol":1,"result":"claimed","description":{"protocol":1,"iommu":{${iommu}},"window":{"start":"${window.start}","size":"${window.size}","pageShift":16,"pageSize":"0x10000","created":true},` +
     `"memory":{"fdIndex":1,"size":"0x100000","pageSize":"0x10000","hugetlb":false},"groups":[{"group":4,"fdIndex":2,"functions":[]}],"ranges":[]}}\n`;
+
+  it('an answer of nearly 1 MiB with a huge array is refused at once, not counted element by element', async () => {
+    // Counting 200000 ranges by rescanning from the start each time took minutes.
+    const huge = description({ start: '0x0', size: '0x100000' }).replace('"ranges":[]', `"ranges":[${Array(200_000).fill('0').join(',')}]`);
+    expect(huge.length).toBeLessThan(1 << 20);
+    const started = Date.now();
+    await answersGive([[huge, /^claim failed: PVDP_HANDOFF_MALFORMED: 1 groups and 65 ranges are outside this client's limits/]]);
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
 
   it('missing objects and fields are errors, not NULL dereferences (checked under ASan when available)', async () => {
     await answersGive([
