@@ -9,7 +9,7 @@ import { closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createNativeBinding, type NativeBinding } from '../../src/vfio/native-binding.js';
 import { HandoffManager } from '../../src/handoff/manager.js';
-import { unixClaimTransport, unixTransport, type ClaimTransport, type HandoffTransport } from '../../src/handoff/transport.js';
+import { unixClaimTransport, unixTransport, type ClaimTransport, type HandoffConnection, type HandoffTransport } from '../../src/handoff/transport.js';
 import { busyBackoffMs, claim, claimedFdList } from '../../src/handoff/client.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { eduGroups, handoffResource, MiB, openFdCount, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
@@ -195,7 +195,7 @@ describe('BUSY reaches the client as the coded error', () => {
 
   it('the transport answers past its cap instead of dropping silently', async () => {
     const path = join(dir, 'cap.sock');
-    const kept: Array<{ close(): Promise<void> }> = [];
+    const kept: HandoffConnection[] = [];
     const listener = await unixTransport(native).listen(path, (c) => kept.push(c), { maxConnections: 1, overflowAnswer: Buffer.from('BUSY\n') });
     manager = new HandoffManager({ hostDir: join(dir, 'h'), containerDir: '/run/h', transport: unixTransport(native), source: realFdSource(native, dir).source });
     state = { observers: [], released: 0, handedOver: 0 };

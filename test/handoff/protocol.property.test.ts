@@ -56,7 +56,7 @@ const requestish = fc.record(
     protocol: fc.oneof(fc.constant(1), fc.integer({ min: -2, max: 3 }), fc.double(), fc.string({ maxLength: 3 }), fc.constant(null), fc.constant(1.0), fc.constant(2 ** 53)),
     request: fc.oneof(fc.constant('claim'), fc.constantFrom('Claim', 'claim ', 'release', ''), fc.string({ maxLength: 6 }), fc.integer()),
   },
-  { requiredKeys: [], withDeletedKeys: true },
+  { requiredKeys: [] },
 ).chain((core) => fc.dictionary(fc.string({ maxLength: 6 }), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 }).map((extra) => ({ ...extra, ...core })));
 
 describe('the handoff request parser', () => {
