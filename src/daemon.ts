@@ -103,7 +103,7 @@ export class Daemon {
     );
     this.metrics = deps.metrics;
     this.reporter = deps.reporter;
-    const health = deps.health ?? new HealthTracker();
+    const health = deps.health ?? new HealthTracker({ logger: deps.logger.child({ room: 'health' }) });
     this.health = health;
     this.handoff = deps.handoff ?? null;
     const metrics = deps.metrics;

@@ -1,7 +1,8 @@
 /*
  * Claims the handoff and shows what arrived:
  *   pvdp_handoff_example [SOCKET] [TEXT]
- * SOCKET defaults to $PVDP_HANDOFF_SOCKET. With TEXT, writes it at the start of
+ * SOCKET defaults to $PVDP_HANDOFF_SOCKET; the claim's deadline is
+ * $PVDP_HANDOFF_TIMEOUT_MS (default 10000), busy retries included. With TEXT, writes it at the start of
  * the first mapped range (what the device sees at ranges[0].iova), cut to the
  * range's size, and prints the 32 bytes at offset 4096 of that range when the
  * range is long enough. (The client checked that the range lies in the memory.)
@@ -20,7 +21,9 @@ int main(int argc, char **argv) {
     const char *path = argc > 1 ? argv[1] : getenv("PVDP_HANDOFF_SOCKET");
     struct pvdp_handoff h;
     char err[512];
-    if (pvdp_handoff_claim(path, 10000, &h, err, sizeof err) != 0) {
+    const char *timeout = getenv("PVDP_HANDOFF_TIMEOUT_MS");
+    int timeout_ms = timeout && atoi(timeout) > 0 ? atoi(timeout) : 10000;
+    if (pvdp_handoff_claim(path, timeout_ms, &h, err, sizeof err) != 0) {
         fprintf(stderr, "claim failed: %s\n", err);
         return 1;
     }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -156,10 +157,11 @@ static const char *arr_at(const char *p, int i) {
     }
 }
 
-static int arr_len(const char *p) {
+/* Elements of the array at p, counted up to max + 1 (each step rescans: keep it short). */
+static int arr_len(const char *p, int max) {
     int n = 0;
     if (!p || *ws(p) != '[') return -1;
-    while (arr_at(p, n)) n++;
+    while (n <= max && arr_at(p, n)) n++;
     return n;
 }
 
@@ -227,8 +229,8 @@ static int parse_description(const char *d, struct pvdp_handoff *h, int nfds, ch
     if (h->window_size == 0 || h->window_start > UINT64_MAX - h->window_size)
         return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the window 0x%llx+0x%llx is empty or wraps past 2^64",
                     (unsigned long long)h->window_start, (unsigned long long)h->window_size);
-    h->ngroups = arr_len(groups);
-    h->nranges = arr_len(ranges);
+    h->ngroups = arr_len(groups, PVDP_HANDOFF_MAX_GROUPS);
+    h->nranges = arr_len(ranges, PVDP_HANDOFF_MAX_RANGES);
     if (h->ngroups < 1 || h->ngroups > PVDP_HANDOFF_MAX_GROUPS || h->nranges < 0 || h->nranges > PVDP_HANDOFF_MAX_RANGES)
         return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: %d groups and %d ranges are outside this client's limits", h->ngroups, h->nranges);
     if (nfds != 2 + h->ngroups)
@@ -239,7 +241,7 @@ static int parse_description(const char *d, struct pvdp_handoff *h, int nfds, ch
         int index;
         if (get_int(obj_get(gv, "group"), &g->group) || get_int(obj_get(gv, "fdIndex"), &index) || index != 2 + i || !(fns = obj_get(gv, "functions")))
             return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: groups[%d] is invalid", i);
-        g->nfunctions = arr_len(fns);
+        g->nfunctions = arr_len(fns, PVDP_HANDOFF_MAX_FUNCTIONS);
         if (g->nfunctions < 0 || g->nfunctions > PVDP_HANDOFF_MAX_FUNCTIONS)
             return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: groups[%d] has too many functions", i);
         for (int f = 0; f < g->nfunctions; f++)
@@ -258,20 +260,48 @@ static int parse_description(const char *d, struct pvdp_handoff *h, int nfds, ch
     return 0;
 }
 
-int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen) {
+/*
+ * Judges one response line (NUL-terminated, newline removed) that came with
+ * nfds fds. Returns 0 with *out filled (the fds not yet stored), 1 when the
+ * plugin answered PVDP_HANDOFF_BUSY, -1 on any other error; err says which.
+ * Kept apart from the socket so it can be tested and fuzzed on bytes alone.
+ */
+static int parse_response(const char *line, int nfds, struct pvdp_handoff *out, char *err, size_t errlen) {
+    char result[16], code[64], message[512];
+    const char *v = obj_get(line, "result"), *end;
+    if (!v || get_string(v, result, sizeof result)) return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the answer has no result");
+    if (!strcmp(result, "error")) {
+        const char *e = obj_get(line, "error");
+        if (get_string(obj_get(e, "code"), code, sizeof code)) strcpy(code, "PVDP_HANDOFF_INTERNAL");
+        if (get_string(obj_get(e, "message"), message, sizeof message)) strcpy(message, "the plugin refused the claim");
+        fail(err, errlen, "%s: %s", code, message);
+        return strcmp(code, "PVDP_HANDOFF_BUSY") ? -1 : 1;
+    }
+    v = obj_get(line, "description");
+    if (strcmp(result, "claimed") || !v) return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: unexpected result \"%s\"", result);
+    if (parse_description(v, out, nfds, err, errlen)) return -1;
+    end = skip_value(v, 0);
+    if (!end) return fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the description is not valid JSON");
+    out->description_json = strndup(v, (size_t)(end - v));
+    if (!out->description_json) return fail(err, errlen, "PVDP_HANDOFF_INTERNAL: out of memory");
+    return 0;
+}
+
+static void reset(struct pvdp_handoff *h) {
+    memset(h, 0, sizeof *h);
+    h->container_fd = h->memory_fd = -1;
+}
+
+/* One connection: 0 claimed, 1 BUSY (retry), -1 failed; err says why. */
+static int claim_once(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen) {
     struct sockaddr_un addr;
     struct timeval tv;
     static const char request[] = "{\"protocol\":1,\"request\":\"claim\"}\n";
     int fds[MAX_FDS];
-    int nfds = 0, s, rc = -1;
+    int nfds = 0, s, rc = -1, send_errno = 0;
     size_t len = 0;
     char *buf = NULL, *nl = NULL;
 
-    if (!out) return fail(err, errlen, "PVDP_HANDOFF_USAGE: out is NULL");
-    memset(out, 0, sizeof *out);
-    out->container_fd = out->memory_fd = -1;
-    if (!socket_path || !*socket_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: no socket path (is PVDP_HANDOFF_SOCKET set?)");
-    if (strlen(socket_path) >= sizeof addr.sun_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: socket path too long");
     s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (s < 0) return fail(err, errlen, "PVDP_HANDOFF_CONNECT: socket: %s", strerror(errno));
     tv.tv_sec = timeout_ms / 1000;
@@ -284,12 +314,22 @@ int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_hand
     if (connect(s, (struct sockaddr *)&addr, sizeof addr) < 0) {
         int e = errno;
         close(s);
+        /* A full accept queue: the plugin is flooded, which is BUSY by another name. */
+        if (e == EAGAIN) {
+            fail(err, errlen, "PVDP_HANDOFF_BUSY: %s accepts no more connections now (EAGAIN)", socket_path);
+            return 1;
+        }
         return fail(err, errlen, "%s: cannot connect to %s: %s%s", (e == ENOENT || e == ECONNREFUSED) ? "PVDP_HANDOFF_NO_SOCKET" : "PVDP_HANDOFF_CONNECT",
                     socket_path, strerror(e), e == ENOENT ? " (already claimed, not prepared, or the plugin restarted: restart the container)" : "");
     }
     if (send(s, request, sizeof request - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof request - 1)) {
-        fail(err, errlen, "PVDP_HANDOFF_CONNECT: send: %s", strerror(errno));
-        goto out;
+        /* A plugin refusing a crowd answers BUSY and closes at once, maybe before the
+         * request arrives: its answer is still waiting to be read. */
+        send_errno = errno;
+        if (send_errno != EPIPE && send_errno != ECONNRESET) {
+            fail(err, errlen, "PVDP_HANDOFF_CONNECT: send: %s", strerror(send_errno));
+            goto out;
+        }
     }
     buf = malloc(MAX_RESPONSE + 1);
     if (!buf) { fail(err, errlen, "PVDP_HANDOFF_INTERNAL: out of memory"); goto out; }
@@ -305,6 +345,7 @@ int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_hand
         msg.msg_controllen = sizeof control.bytes;
         if (iov.iov_len == 0) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the response is longer than 1 MiB"); goto out; }
         do n = recvmsg(s, &msg, MSG_CMSG_CLOEXEC); while (n < 0 && errno == EINTR);
+        if (n < 0 && (errno == ECONNRESET || errno == EPIPE)) n = 0;
         if (n < 0) {
             fail(err, errlen, "%s: recvmsg: %s", errno == EAGAIN ? "PVDP_HANDOFF_TIMEOUT" : "PVDP_HANDOFF_CONNECT", strerror(errno));
             goto out;
@@ -323,46 +364,96 @@ int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_hand
                               "(RLIMIT_NOFILE, ulimit -n); raise it or close fds, then restart the container to prepare again");
             goto out;
         }
-        if (n == 0) { fail(err, errlen, "PVDP_HANDOFF_CONNECTION_CLOSED: the plugin closed the connection without an answer"); goto out; }
+        if (n == 0) {
+            fail(err, errlen, "PVDP_HANDOFF_CONNECTION_CLOSED: the plugin closed the connection without an answer%s%s",
+                 send_errno ? " (the request could not be sent: " : "", send_errno ? strerror(send_errno) : "");
+            if (send_errno && err && errlen > 1 && strlen(err) + 1 < errlen) strcat(err, ")");
+            goto out;
+        }
         len += (size_t)n;
         buf[len] = 0;
         nl = memchr(buf, '\n', len);
     }
     *nl = 0;
-    {
-        char result[16], code[64], message[512];
-        const char *v = obj_get(buf, "result");
-        if (!v || get_string(v, result, sizeof result)) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the answer has no result"); goto out; }
-        if (!strcmp(result, "error")) {
-            const char *e = obj_get(buf, "error");
-            if (get_string(obj_get(e, "code"), code, sizeof code)) strcpy(code, "PVDP_HANDOFF_INTERNAL");
-            if (get_string(obj_get(e, "message"), message, sizeof message)) strcpy(message, "the plugin refused the claim");
-            fail(err, errlen, "%s: %s", code, message);
-            goto out;
-        }
-        v = obj_get(buf, "description");
-        if (strcmp(result, "claimed") || !v) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: unexpected result \"%s\"", result); goto out; }
-        if (parse_description(v, out, nfds, err, errlen)) goto out;
-        const char *end = skip_value(v, 0);
-        if (!end) { fail(err, errlen, "PVDP_HANDOFF_MALFORMED: the description is not valid JSON"); goto out; }
-        out->description_json = strndup(v, (size_t)(end - v));
-    }
+    rc = parse_response(buf, nfds, out, err, errlen);
+    if (rc != 0) goto out;
     out->container_fd = fds[0];
     out->memory_fd = fds[1];
     for (int i = 0; i < out->ngroups; i++) out->groups[i].fd = fds[2 + i];
     nfds = 0; /* owned by *out now */
-    rc = 0;
 out:
     close_all(fds, nfds);
     if (rc != 0) {
         int keep_errno = errno;
-        memset(out, 0, sizeof *out);
-        out->container_fd = out->memory_fd = -1;
+        free(out->description_json);
+        reset(out);
         errno = keep_errno;
     }
     free(buf);
     close(s);
     return rc;
+}
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* xorshift32: jitter needs spread, not secrecy, and must not disturb the caller's rand(). */
+static unsigned jitter(void) {
+    static unsigned state;
+    if (!state) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        state = (unsigned)ts.tv_nsec ^ ((unsigned)getpid() << 16) ^ 0x9e3779b9u;
+        if (!state) state = 1;
+    }
+    state ^= state << 13;
+    state ^= state >> 17;
+    state ^= state << 5;
+    return state;
+}
+
+/* Wait before retry `attempt` (from 0): doubling from 10 ms up to 1 s, the upper half jittered. */
+static int busy_backoff_ms(int attempt) {
+    int ceiling = PVDP_HANDOFF_BUSY_MAX_MS;
+    if (attempt < 7) ceiling = PVDP_HANDOFF_BUSY_FIRST_MS << attempt;
+    if (ceiling > PVDP_HANDOFF_BUSY_MAX_MS) ceiling = PVDP_HANDOFF_BUSY_MAX_MS;
+    return ceiling / 2 + (int)(jitter() % (unsigned)(ceiling / 2 + 1));
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+}
+
+int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen) {
+    struct sockaddr_un addr;
+    long long deadline;
+    if (!out) return fail(err, errlen, "PVDP_HANDOFF_USAGE: out is NULL");
+    reset(out);
+    if (!socket_path || !*socket_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: no socket path (is PVDP_HANDOFF_SOCKET set?)");
+    if (strlen(socket_path) >= sizeof addr.sun_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: socket path too long");
+    if (timeout_ms <= 0) return fail(err, errlen, "PVDP_HANDOFF_USAGE: timeout_ms must be positive");
+    deadline = now_ms() + timeout_ms;
+    for (int attempt = 0;; attempt++) {
+        long long left = deadline - now_ms();
+        int rc, wait;
+        rc = claim_once(socket_path, left > 0 ? (int)left : 1, out, err, errlen);
+        if (rc <= 0) return rc;
+        wait = busy_backoff_ms(attempt);
+        if (now_ms() + wait >= deadline) {
+            /* Still busy at the deadline: the plugin's BUSY line stays in err. */
+            if (err && errlen > 0) {
+                size_t used = strlen(err);
+                snprintf(err + used, errlen - used, " (still busy after %d attempts within %d ms)", attempt + 1, timeout_ms);
+            }
+            return -1;
+        }
+        if (getenv("PVDP_HANDOFF_DEBUG")) fprintf(stderr, "pvdp_handoff: busy, retrying in %d ms (attempt %d)\n", wait, attempt + 1);
+        sleep_ms(wait);
+    }
 }
 
 void pvdp_handoff_close(struct pvdp_handoff *h) {

@@ -30,6 +30,9 @@ extern "C" {
 #define PVDP_HANDOFF_MAX_GROUPS 16
 #define PVDP_HANDOFF_MAX_FUNCTIONS 32
 #define PVDP_HANDOFF_MAX_RANGES 64
+/* Waits between attempts while the plugin answers PVDP_HANDOFF_BUSY: doubling, jittered. */
+#define PVDP_HANDOFF_BUSY_FIRST_MS 10
+#define PVDP_HANDOFF_BUSY_MAX_MS 1000
 
 struct pvdp_handoff_range {
     uint64_t iova;   /* bus address the device uses */
@@ -70,7 +73,10 @@ struct pvdp_handoff {
  * Connects to socket_path, claims, receives the fds and the description.
  * Returns 0 and fills *out, or -1 with "CODE: message" in err (the plugin's
  * error code, such as PVDP_HANDOFF_ALREADY_CLAIMED, or a local one); on failure
- * no fd is left open. timeout_ms bounds connect, send and each receive.
+ * no fd is left open. A PVDP_HANDOFF_BUSY answer (a crowd at the socket) is
+ * retried with jittered backoff; timeout_ms bounds the whole claim, retries
+ * included; with PVDP_HANDOFF_DEBUG set in the environment each wait is noted
+ * on stderr.
  */
 int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen);
 

@@ -6,12 +6,16 @@ import type { z } from 'zod';
 import { configSchema, type FileConfig } from './schema.js';
 import { ConfigError } from '../errors.js';
 
+/** Keys that read unambiguously after a dot; any other (empty, spaces, ": ", newlines) is quoted. */
+const PLAIN_KEY = /^[A-Za-z_$][\w$-]*$/;
+
 /** `resources[0].selectors.vendors` from a validation issue's path. */
 export function formatPath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const part of path) {
     if (typeof part === 'number') out += `[${part}]`;
-    else out += out === '' ? String(part) : `.${String(part)}`;
+    else if (typeof part === 'string' && PLAIN_KEY.test(part)) out += out === '' ? part : `.${part}`;
+    else out += `[${JSON.stringify(String(part))}]`;
   }
   return out === '' ? '(top level)' : out;
 }
@@ -20,20 +24,36 @@ export function formatPath(path: readonly PropertyKey[]): string {
 export function describeIssues(issues: readonly z.core.$ZodIssue[]): string[] {
   return issues.map((issue) => {
     if (issue.code === 'unrecognized_keys') {
-      const base = formatPath(issue.path);
-      return issue.keys
-        .map((key) => `${base === '(top level)' ? key : `${base}.${key}`}: unknown field`)
-        .join('\n');
+      return issue.keys.map((key) => `${formatPath([...issue.path, key])}: unknown field`).join('\n');
     }
     return `${formatPath(issue.path)}: ${issue.message}`;
   });
 }
 
+/** A value's kind for messages, safe on objects without a prototype (zod's own naming throws on them). */
+function kindOf(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'array';
+  if (typeof value === 'number' && Number.isNaN(value)) return 'NaN';
+  return typeof value;
+}
+
 /** Validates an already-parsed object; throws ConfigError listing every bad field. */
 export function parseConfig(value: unknown, source = 'configuration'): FileConfig {
-  const result = configSchema.safeParse(value ?? {});
+  let result: ReturnType<typeof configSchema.safeParse>;
+  let issues: readonly z.core.$ZodIssue[] = [];
+  try {
+    result = configSchema.safeParse(value ?? {}, {
+      error: (issue) => (issue.code === 'invalid_type' ? `Invalid input: expected ${issue.expected}, received ${kindOf(issue.input)}` : undefined),
+    });
+    if (!result.success) issues = result.error.issues;
+  } catch (err) {
+    // Whatever the value, the answer is a ConfigError, never a crash.
+    const problem = `(top level): cannot be read as a configuration (${(err as Error).message})`;
+    throw new ConfigError(`Invalid ${source}:\n  ${problem}`, [problem]);
+  }
   if (!result.success) {
-    const problems = describeIssues(result.error.issues).flatMap((line) => line.split('\n'));
+    const problems = describeIssues(issues).flatMap((line) => line.split('\n'));
     throw new ConfigError(`Invalid ${source}:\n  ${problems.join('\n  ')}`, problems);
   }
   return result.data;

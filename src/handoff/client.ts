@@ -13,7 +13,7 @@ import {
   HandoffProtocolError,
   type HandoffDescription,
 } from './protocol.js';
-import { HandoffClaimError, retryAgain, unixClaimTransport, type ClaimTransport, type ClientChannel } from './transport.js';
+import { HandoffClaimError, delay, retryAgain, unixClaimTransport, type ClaimTransport, type ClientChannel } from './transport.js';
 
 export { HandoffClaimError } from './transport.js';
 
@@ -29,9 +29,22 @@ export interface ClaimResult {
   description: HandoffDescription;
 }
 
+/** How a claim waits between attempts while the plugin answers BUSY. */
+export interface BusyBackoff {
+  /** First wait (default 10 ms); doubles per attempt. */
+  initialMs?: number;
+  /** Longest wait (default 1 s). */
+  maxMs?: number;
+  /** Source of jitter in [0, 1) (default Math.random); tests pin it. */
+  random?: () => number;
+}
+
 export interface ClaimOptions {
-  /** Whole claim deadline (default 10 s). */
+  /** Whole claim deadline, BUSY retries included (default 10 s). */
   timeoutMs?: number;
+  backoff?: BusyBackoff;
+  /** Called before each wait after a BUSY answer (attempt number from 1, the wait). */
+  onBusy?: (attempt: number, waitMs: number) => void;
   /** Protocol version to ask for (tests of version errors). */
   protocol?: number;
   /** How to reach the socket; default real unix sockets with the native addon. */
@@ -44,27 +57,74 @@ async function defaultTransport(): Promise<ClaimTransport> {
 }
 
 /**
+ * The wait before retry number `attempt` (from 0): exponential up to `maxMs`,
+ * with its upper half jittered so a crowd of refused clients spreads out.
+ */
+export function busyBackoffMs(attempt: number, backoff: BusyBackoff = {}): number {
+  const initial = backoff.initialMs ?? 10;
+  const max = backoff.maxMs ?? 1000;
+  const ceiling = Math.min(max, initial * 2 ** Math.min(attempt, 30));
+  const random = backoff.random ?? Math.random;
+  return Math.round(ceiling / 2 + (ceiling / 2) * random());
+}
+
+/**
  * Claims the preparation served at `socketPath`. On success the caller owns
  * the fds (close them, or keep them for the workload's lifetime: the kernel
- * releases the container when the last of them closes). Throws
- * HandoffClaimError with the plugin's error code otherwise; no fd is left open.
+ * releases the container when the last of them closes). A BUSY answer (a
+ * crowd at the socket) is retried with jittered backoff until the deadline.
+ * Throws HandoffClaimError with the plugin's error code otherwise; no fd is
+ * left open.
  */
 export async function claim(socketPath: string, options: ClaimOptions = {}): Promise<ClaimResult> {
   const timeoutMs = options.timeoutMs ?? 10_000;
   const deadline = Date.now() + timeoutMs;
   const transport = options.transport ?? (await defaultTransport());
-  const channel = await transport.connect(socketPath, timeoutMs);
-  try {
-    return await claimOn(channel, transport, deadline, options.protocol ?? HANDOFF_PROTOCOL_VERSION);
-  } finally {
-    await channel.close();
+  const protocol = options.protocol ?? HANDOFF_PROTOCOL_VERSION;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const channel = await transport.connect(socketPath, Math.max(1, deadline - Date.now()));
+      try {
+        return await claimOn(channel, transport, deadline, protocol);
+      } finally {
+        await channel.close();
+      }
+    } catch (err) {
+      if (!(err instanceof HandoffClaimError) || err.code !== BUSY) throw err;
+      const wait = busyBackoffMs(attempt, options.backoff);
+      if (Date.now() + wait >= deadline) {
+        throw new HandoffClaimError(BUSY, `${err.message} (still busy after ${attempt + 1} attempts within ${timeoutMs} ms)`, { cause: err });
+      }
+      options.onBusy?.(attempt + 1, wait);
+      await delay(wait);
+    }
   }
+}
+
+const BUSY = 'PVDP_HANDOFF_BUSY';
+
+/** The peer closed before our request went in; its answer (BUSY) may still be waiting to be read. */
+function isPeerGone(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'EPIPE' || code === 'ECONNRESET';
 }
 
 async function claimOn(channel: ClientChannel, transport: ClaimTransport, deadline: number, protocol: number): Promise<ClaimResult> {
   const { io, fd } = channel;
   const timeout = () => new HandoffClaimError('PVDP_HANDOFF_TIMEOUT', 'The plugin did not answer the claim in time');
-  await retryAgain(() => io.sendFds(fd, encodeClaimRequest(protocol), []), deadline, timeout);
+  // A plugin refusing a crowd answers BUSY and drops the connection at once, maybe
+  // before the request is written: the answer is read all the same.
+  let sendError: unknown = null;
+  await retryAgain(() => io.sendFds(fd, encodeClaimRequest(protocol), []), deadline, timeout).catch((err: unknown) => {
+    if (!isPeerGone(err)) throw err;
+    sendError = err;
+  });
+  const closedEarly = (cause: unknown) =>
+    new HandoffClaimError(
+      'PVDP_HANDOFF_CONNECTION_CLOSED',
+      `The plugin closed the connection without a complete answer${sendError !== null ? ` (the request could not be sent: ${(sendError as Error).message})` : ''}`,
+      { cause },
+    );
   const chunks: Buffer[] = [];
   const fds: number[] = [];
   let length = 0;
@@ -72,6 +132,7 @@ async function claimOn(channel: ClientChannel, transport: ClaimTransport, deadli
   try {
     for (;;) {
       const msg = await retryAgain(() => io.recvFds(fd, 65536, 253), deadline, timeout).catch((err: unknown) => {
+        if (isPeerGone(err)) throw closedEarly(err);
         if ((err as { code?: unknown }).code !== 'MSG_CTRUNC') throw err;
         throw new HandoffClaimError(
           'PVDP_HANDOFF_FDS_TRUNCATED',
@@ -90,7 +151,7 @@ async function claimOn(channel: ClientChannel, transport: ClaimTransport, deadli
         break;
       }
     }
-    if (line === null) throw new HandoffClaimError('PVDP_HANDOFF_CONNECTION_CLOSED', 'The plugin closed the connection without a complete answer');
+    if (line === null) throw closedEarly(sendError);
     let response: { result?: unknown; error?: { code?: unknown; message?: unknown }; description?: unknown };
     try {
       response = JSON.parse(line.toString('utf8')) as typeof response;

@@ -31,7 +31,7 @@ PVDP_DMA_WINDOW_SIZE, PVDP_DMA_IOVA, PVDP_DMA_MEMORY_SIZE, PVDP_IOMMU_PAGE_SIZE,
 PVDP_HANDOFF_DESCRIPTION (the JSON description, or its file with --description-file) in its environment.
 
   --socket PATH             handoff socket (default $PVDP_HANDOFF_SOCKET)
-  --timeout SECONDS         claim deadline (default 30)
+  --timeout SECONDS         claim deadline, retries of a busy socket included (default 30)
   --description-file PATH   write the description there instead of into the environment`;
 
 /** The environment CMD gets, describing its fds and the window. */
@@ -117,7 +117,12 @@ export async function runHandoffCli(argv: readonly string[], deps: ExecDeps): Pr
 
   let claimed;
   try {
-    claimed = await claim(socket, { timeoutMs: timeoutSeconds * 1000, ...deps.claimOptions });
+    claimed = await claim(socket, {
+      timeoutMs: timeoutSeconds * 1000,
+      // A crowd at the socket is retried until the deadline; say so, once per wait.
+      onBusy: (attempt, waitMs) => deps.stderr(`The handoff socket is busy (PVDP_HANDOFF_BUSY); retrying in ${waitMs} ms (attempt ${attempt})`),
+      ...deps.claimOptions,
+    });
   } catch (err) {
     const code = err instanceof HandoffClaimError ? `${err.code}: ` : '';
     deps.stderr(`Cannot claim the VFIO handoff at ${socket}: ${code}${(err as Error).message}`);

@@ -187,17 +187,29 @@ export function validateDescription(value: unknown, fdCount: number): HandoffDes
   if (!d.window || !d.memory || !d.container || !Array.isArray(d.groups) || !Array.isArray(d.ranges) || !Array.isArray(d.fds)) {
     bad('window, memory, container, groups, ranges and fds are required');
   }
+  // Every field a workload reads is checked here, so no client meets `undefined` later.
+  if (typeof d.resource !== 'string') bad('resource must be a string');
+  if (typeof d.iommu !== 'object' || d.iommu === null || (d.iommu.type !== 'spapr-tce-v2' && d.iommu.type !== 'spapr-tce') || !Number.isInteger(d.iommu.value)) {
+    bad('iommu must name spapr-tce-v2 or spapr-tce with its integer value');
+  }
+  if (!Number.isInteger(d.window.pageShift) || d.window.pageShift < 0 || d.window.pageShift > 63) bad('window.pageShift must be an integer from 0 to 63');
+  if (typeof d.window.created !== 'boolean' || typeof d.memory.hugetlb !== 'boolean') bad('window.created and memory.hugetlb must be booleans');
+  // Indexes, not every(): every() skips the holes of a sparse array.
+  const allStrings = (list: unknown[]): boolean => Array.from(list).every((v) => typeof v === 'string');
+  if (!allStrings(d.fds)) bad('fds must be names');
   const windowStart = parseHex(d.window.start, 'window.start');
   const windowSize = parseHex(d.window.size, 'window.size');
   const memorySize = parseHex(d.memory.size, 'memory.size');
   parseHex(d.memory.pageSize, 'memory.pageSize');
   if (d.fds.length !== fdCount) bad(`it names ${d.fds.length} fds but ${fdCount} arrived`);
   if (d.container.fdIndex !== FD_INDEX_CONTAINER || d.memory.fdIndex !== FD_INDEX_MEMORY) bad('unexpected fd order');
-  d.groups.forEach((g, i) => {
-    if (!Number.isInteger(g.group) || g.fdIndex !== FD_INDEX_FIRST_GROUP + i || !Array.isArray(g.functions)) bad(`groups[${i}]`);
+  Array.from(d.groups).forEach((g, i) => {
+    if (typeof g !== 'object' || g === null || !Number.isInteger(g.group) || g.fdIndex !== FD_INDEX_FIRST_GROUP + i || !Array.isArray(g.functions)) bad(`groups[${i}]`);
+    if (!allStrings(g.functions)) bad(`groups[${i}].functions must be PCI addresses`);
   });
   if (fdCount !== FD_INDEX_FIRST_GROUP + d.groups.length) bad(`${fdCount} fds for ${d.groups.length} groups`);
   for (const [i, r] of d.ranges.entries()) {
+    if (typeof r !== 'object' || r === null) bad(`ranges[${i}] is not an object`);
     const iova = parseHex(r.iova, `ranges[${i}].iova`);
     const size = parseHex(r.size, `ranges[${i}].size`);
     const offset = parseHex(r.offset, `ranges[${i}].offset`);

@@ -26,6 +26,8 @@ export interface EndpointLimits {
   maxConnections?: number;
 }
 
+const BUSY_MESSAGE = 'Too many connections to this handoff socket; retry in a moment';
+
 export async function sendError(connection: HandoffConnection, code: HandoffErrorCode, message: string): Promise<void> {
   await connection.send(encodeResponse(errorResponse(code, message)), []).catch(() => undefined);
 }
@@ -65,8 +67,9 @@ export class HandoffEndpoint {
         this.pending.add(p);
         void p.finally(() => this.pending.delete(p));
       },
-      // Served connections plus as many being told BUSY; past that the transport drops them on accept.
-      { maxConnections: 2 * max },
+      // Served connections plus as many being told BUSY here; past that the transport
+      // answers BUSY itself on accept, without any state kept for the connection.
+      { maxConnections: 2 * max, overflowAnswer: encodeResponse(errorResponse('PVDP_HANDOFF_BUSY', BUSY_MESSAGE)) },
     );
   }
 
@@ -74,7 +77,7 @@ export class HandoffEndpoint {
     this.accepted += 1;
     if (this.active >= (this.limits.maxConnections ?? 8)) {
       // One short line into a fresh socket buffer, then drop it: a refused client costs no waiting.
-      await sendError(connection, 'PVDP_HANDOFF_BUSY', 'Too many connections to this handoff socket; retry in a moment');
+      await sendError(connection, 'PVDP_HANDOFF_BUSY', BUSY_MESSAGE);
       await connection.close({ now: true });
       return;
     }

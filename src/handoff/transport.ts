@@ -59,8 +59,14 @@ export interface HandoffListener {
 }
 
 export interface ListenOptions {
-  /** Connections the transport keeps open at once; more are dropped on accept. */
+  /** Connections the transport keeps open at once; more are answered `overflowAnswer` and dropped on accept. */
   maxConnections?: number;
+  /**
+   * The line a connection past `maxConnections` gets before it is dropped (the
+   * protocol's BUSY error), so a client under a flood learns to retry instead
+   * of meeting a closed socket (EPIPE on its request).
+   */
+  overflowAnswer?: Buffer;
 }
 
 /** The server side of a transport. */
@@ -221,11 +227,21 @@ export function unixTransport(io: Pick<VfioBinding, 'sendFds'>): HandoffTranspor
       await unlink(socketPath).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       });
+      const max = options.maxConnections;
+      let open = 0;
       const server = net.createServer((socket) => {
+        if (max !== undefined && open >= max) {
+          // Past the cap a connection costs one short write into its fresh socket
+          // buffer (it never blocks) and a close, in this same turn: nothing lingers.
+          socket.on('error', () => undefined);
+          if (options.overflowAnswer) socket.end(options.overflowAnswer);
+          socket.destroy();
+          return;
+        }
+        open += 1;
+        socket.once('close', () => (open -= 1));
         onConnection(new UnixConnection(socket, io));
       });
-      // Past this many open connections net drops new ones on accept (a flood costs nothing more).
-      if (options.maxConnections !== undefined) server.maxConnections = options.maxConnections;
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(socketPath, () => {
@@ -237,7 +253,7 @@ export function unixTransport(io: Pick<VfioBinding, 'sendFds'>): HandoffTranspor
       let closed = false;
       return {
         socketPath,
-        ...(options.maxConnections !== undefined ? { maxConnections: server.maxConnections } : {}),
+        ...(max !== undefined ? { maxConnections: max } : {}),
         async close() {
           if (closed) return;
           closed = true;
@@ -271,6 +287,11 @@ export function unixClaimTransport(io: FdIo): ClaimTransport {
           clearTimeout(timer);
           socket.destroy();
           const missing = err.code === 'ENOENT' || err.code === 'ECONNREFUSED';
+          if (err.code === 'EAGAIN') {
+            // A unix socket's accept queue is full: the plugin is flooded; as good as BUSY.
+            reject(new HandoffClaimError('PVDP_HANDOFF_BUSY', `The handoff socket ${socketPath} accepts no more connections now (EAGAIN); retry in a moment`, { cause: err }));
+            return;
+          }
           reject(
             new HandoffClaimError(
               missing ? 'PVDP_HANDOFF_NO_SOCKET' : 'PVDP_HANDOFF_CONNECT',

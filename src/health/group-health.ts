@@ -12,5 +12,9 @@ export function groupHealth(group: IommuGroup): GroupHealth {
   if (group.eeh?.frozen) {
     reasons.push(`the PE is frozen by EEH (eeh_pe_state of ${group.eeh.source})`);
   }
+  // A PE whose state exists but cannot be read may well be frozen: doubt is not health.
+  if (group.eeh?.stateUnknown !== undefined) {
+    reasons.push(`the EEH state of the PE is unknown: ${group.eeh.stateUnknown}`);
+  }
   return reasons.length === 0 ? { healthy: true } : { healthy: false, reason: reasons.join('; ') };
 }

@@ -107,12 +107,13 @@ export function isEehFrozen(state: EehPeState): boolean {
   return false;
 }
 
-/** Build `EehInfo` from whatever parts could be read. */
+/** Build `EehInfo` from whatever parts could be read; `stateUnknown` says why the PE state is not known. */
 export function makeEehInfo(
   state: EehPeState | null,
   configAddr: number | null,
   mode: number | null,
   source: string,
+  stateUnknown?: string,
 ): EehInfo {
   const s = state ?? { hardwareState: null, softwareState: null };
   return {
@@ -122,7 +123,40 @@ export function makeEehInfo(
     mode,
     frozen: isEehFrozen(s),
     source,
+    ...(stateUnknown !== undefined ? { stateUnknown } : {}),
   };
+}
+
+/** Errors of an EEH attribute that mean the kernel exposes no EEH for the device. */
+const EEH_ABSENT_CODES: ReadonlySet<string> = new Set(['ENOENT', 'ENODEV']);
+
+/** What one read of `eeh_pe_state` tells: no EEH here, a state, or a state present but unknown. */
+export type EehStateReading =
+  | { kind: 'absent' }
+  | { kind: 'known'; state: EehPeState }
+  | { kind: 'unknown'; reason: string };
+
+/**
+ * Judges one read of `eeh_pe_state` at `path`. A missing file or ENODEV is
+ * EEH switched off for the device (pseries under TCG, no PE): nothing to
+ * judge. Any other error, or text that is not one or two hex words, is a PE
+ * whose state exists but cannot be known: that is doubt, not health.
+ */
+export function decodeEehStateRead(path: string, read: { ok: true; text: string } | { ok: false; code: string }): EehStateReading {
+  if (!read.ok) {
+    if (EEH_ABSENT_CODES.has(read.code)) return { kind: 'absent' };
+    return { kind: 'unknown', reason: `${path} cannot be read (${read.code})` };
+  }
+  const state = parseEehPeState(read.text);
+  if (state === null) {
+    return { kind: 'unknown', reason: `${path} reads ${JSON.stringify(read.text.trim().slice(0, 40))}, not one or two hex words` };
+  }
+  return { kind: 'known', state };
+}
+
+/** True when an attribute read failed only because EEH is absent. */
+export function isEehAbsentCode(code: string): boolean {
+  return EEH_ABSENT_CODES.has(code);
 }
 
 /** Last path component of a symlink target (`../../../bus/pci/drivers/nvme` -> `nvme`). */

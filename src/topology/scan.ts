@@ -22,6 +22,8 @@ import {
   type EehPeState,
   parseAerFatalTotal,
   parsePcieRoot,
+  decodeEehStateRead,
+  isEehAbsentCode,
 } from './parse.js';
 import { readAttr, readLinkAttr, type ReadResult } from './sysfs-read.js';
 import type { DiscoveryIssue, DiscoveryRoots, EehInfo, IommuGroup, PciFunction, Topology } from './types.js';
@@ -189,57 +191,82 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
   };
 }
 
+/** stat as a value: null when the path resolves, else the error code. */
+async function resolveError(path: string): Promise<string | null> {
+  try {
+    await stat(path);
+    return null;
+  } catch (err) {
+    return errCode(err);
+  }
+}
+
 /**
  * Read one function through `/sys/bus/pci/devices/BDF`; when that link is
- * missing or broken, through the group's own link to the same device.
+ * missing or broken, through the group's own link to the same device. The
+ * group's link is what makes the function a member: when it cannot be
+ * resolved, whatever the bus link shows is not known to be this member.
  */
 async function readFunction(roots: DiscoveryRoots, group: number, address: string): Promise<FunctionScan> {
   const busPath = join(pciDevicesDir(roots), address);
-  const first = await readFunctionAt(busPath, address, group);
-  if (first.fn !== null || (await exists(busPath))) return first;
   const groupPath = join(iommuGroupsDir(roots), String(group), 'devices', address);
+  const [first, groupLinkError] = await Promise.all([readFunctionAt(busPath, address, group), resolveError(groupPath)]);
+  if (groupLinkError !== null) {
+    return {
+      fn: null,
+      failure: `its link ${groupPath} cannot be resolved (${groupLinkError})`,
+      issues: [{ path: groupPath, message: `The group link of function ${address} cannot be resolved: ${groupLinkError}`, group }],
+    };
+  }
+  if (first.fn !== null || (await exists(busPath))) return first;
   const second = await readFunctionAt(groupPath, address, group);
   const note: DiscoveryIssue = { path: busPath, message: `The bus link of function ${address} is missing or broken`, group };
   if (second.fn !== null) return { fn: second.fn, issues: [note, ...second.issues] };
-  return {
-    fn: null,
-    failure: 'its device directory is missing (broken link)',
-    issues: [note, { path: groupPath, message: `The group link of function ${address} is broken`, group }],
-  };
+  return { fn: null, failure: `its device directory ${groupPath} cannot be read`, issues: [note, ...second.issues] };
 }
 
 // ---- EEH -------------------------------------------------------------------
 
-/** EEH describes the PE, so any member tells it. */
+/**
+ * EEH describes the PE, so any member tells it; read through the group's link
+ * (the member as the group knows it). Absent files or ENODEV mean no EEH;
+ * a state file that exists but cannot be read or parsed leaves the PE state
+ * unknown, which health does not take for healthy.
+ */
 async function readEeh(roots: DiscoveryRoots, group: number, address: string): Promise<{ eeh: EehInfo | null; issues: DiscoveryIssue[] }> {
-  const base = join(pciDevicesDir(roots), address);
+  const base = join(iommuGroupsDir(roots), String(group), 'devices', address);
+  const statePath = join(base, 'eeh_pe_state');
   const [stateR, addrR, modeR] = await Promise.all([
-    readAttr(join(base, 'eeh_pe_state')),
+    readAttr(statePath),
     readAttr(join(base, 'eeh_pe_config_addr')),
     readAttr(join(base, 'eeh_mode')),
   ]);
   const issues: DiscoveryIssue[] = [];
-  const absent = (r: ReadResult): boolean => !r.ok && r.code === 'ENOENT';
-  if (absent(stateR) && absent(addrR) && absent(modeR)) return { eeh: null, issues };
+  const absent = (r: ReadResult): boolean => !r.ok && isEehAbsentCode(r.code);
+  if (absent(stateR) && absent(addrR) && absent(modeR)) {
+    // No EEH. A member whose directory is gone reads the same, but its own
+    // failure (readFunction) already keeps the group from being usable.
+    return { eeh: null, issues };
+  }
 
+  const reading = decodeEehStateRead(statePath, stateR);
   let state: EehPeState | null = null;
-  if (stateR.ok) {
-    state = parseEehPeState(stateR.text);
-    if (state === null) issues.push({ path: join(base, 'eeh_pe_state'), message: `Unexpected content in eeh_pe_state: ${JSON.stringify(stateR.text.trim().slice(0, 40))}`, group });
-  } else if (!absent(stateR)) {
-    // ENODEV and friends happen on PEs in recovery: record, do not fail.
-    issues.push({ path: join(base, 'eeh_pe_state'), message: `Cannot read eeh_pe_state: ${stateR.code}`, group });
+  let stateUnknown: string | undefined;
+  if (reading.kind === 'known') state = reading.state;
+  else if (reading.kind === 'unknown') {
+    stateUnknown = reading.reason;
+    issues.push({ path: statePath, message: `The EEH state of the PE is unknown: ${reading.reason}`, group });
   }
   const hex = (r: ReadResult, attr: string): number | null => {
     if (!r.ok) {
-      if (r.code !== 'ENOENT') issues.push({ path: join(base, attr), message: `Cannot read ${attr}: ${r.code}`, group });
+      if (!isEehAbsentCode(r.code)) issues.push({ path: join(base, attr), message: `Cannot read ${attr}: ${r.code}`, group });
       return null;
     }
     const v = parseHexNumber(r.text);
     if (v === null) issues.push({ path: join(base, attr), message: `Unexpected content in ${attr}: ${JSON.stringify(r.text.trim().slice(0, 40))}`, group });
     return v;
   };
-  return { eeh: makeEehInfo(state, hex(addrR, 'eeh_pe_config_addr'), hex(modeR, 'eeh_mode'), address), issues };
+  return { eeh: makeEehInfo(state, hex(addrR, 'eeh_pe_config_addr'), hex(modeR, 'eeh_mode'), address, stateUnknown), issues };
 }
 
 // ---- one group -------------------------------------------------------------
@@ -305,6 +332,10 @@ async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boole
     }
     issues.push({ path: join(groupDir, 'devices'), message: `Cannot list the devices of group ${id}: ${entriesR.code}`, group: id });
   }
+  // Members the group has but that cannot be checked; a listing that failed hides them all.
+  const unreadable: string[] = entriesR.ok
+    ? []
+    : [`The members of group ${id} cannot be listed (${join(groupDir, 'devices')}: ${entriesR.code}); the group cannot be checked`];
 
   const addresses: string[] = [];
   for (const e of entries) {
@@ -318,7 +349,6 @@ async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boole
   const eehRead = firstAddress === undefined ? Promise.resolve(null) : readEeh(roots, id, firstAddress);
   const [scans, eehResult] = await Promise.all([Promise.all(addresses.map((a) => readFunction(roots, id, a))), eehRead]);
   const functions: PciFunction[] = [];
-  const unreadable: string[] = [];
   scans.forEach((s, i) => {
     issues.push(...s.issues);
     if (s.fn !== null) functions.push(s.fn);

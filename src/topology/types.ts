@@ -61,6 +61,11 @@ export interface EehInfo {
   frozen: boolean;
   /** Which function's attributes were read. */
   source: string;
+  /**
+   * Set when EEH is present but the PE state could not be read or parsed: why,
+   * naming the path. Such a PE is not judged healthy (doubt is not health).
+   */
+  stateUnknown?: string;
 }
 
 /** One IOMMU group: the unit of allocation. */

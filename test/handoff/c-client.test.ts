@@ -3,7 +3,7 @@
 // description, receives the fds, and what it writes through the memory fd the
 // plugin side reads (and the reverse). Skipped where no C compiler exists.
 import { describe, it, expect, beforeAll, beforeEach, afterEach } from 'vitest';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -24,9 +24,14 @@ let dir: string;
 let manager: HandoffManager;
 let state: RealFdSourceState;
 
+/** Clients still running: a test that failed or timed out must not leave one behind. */
+const running = new Set<ChildProcess>();
+
 function run(args: string[], binary = example, shellPrefix = ''): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = shellPrefix ? spawn('sh', ['-c', `${shellPrefix}; exec "$0" "$@"`, binary, ...args]) : spawn(binary, args, { env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1' } });
+    running.add(child);
+    child.on('exit', () => running.delete(child));
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d.toString()));
@@ -64,6 +69,8 @@ describe.skipIf(!hasCc)('C client', () => {
   });
 
   afterEach(async () => {
+    for (const child of running) child.kill('SIGKILL');
+    running.clear();
     await manager.stop();
     for (const o of state.observers) await native.munmap(o, MiB);
     await removeDir(dir);
@@ -96,6 +103,78 @@ describe.skipIf(!hasCc)('C client', () => {
     // The client may exit before the plugin has finished dropping its copies.
     for (let i = 0; i < 200 && state.handedOver === 0; i++) await new Promise((r) => setTimeout(r, 5));
     expect(state.handedOver).toBe(1);
+  });
+
+  it('retries BUSY with backoff until the crowd leaves, and at its deadline reports BUSY with the attempts (plain and under ASan)', async () => {
+    const crowd: net.Socket[] = [];
+    try {
+      for (const [round, binary] of [example, ...(asanExample ? [asanExample] : [])].entries()) {
+        await manager.stop();
+        for (const o of state.observers) await native.munmap(o, MiB);
+        const real = realFdSource(native, dir);
+        state = real.state;
+        manager = new HandoffManager({
+          hostDir: join(dir, `busy-${round}`),
+          containerDir: '/run/h',
+          transport: unixTransport(native),
+          source: real.source,
+          limits: { maxConnections: 1, requestTimeoutMs: 15_000 },
+        });
+        await manager.start();
+        const socket = await prepared();
+        const holdOne = () =>
+          new Promise<void>((resolve, reject) => {
+            const s = net.connect(socket, () => resolve());
+            s.on('error', reject);
+            crowd.push(s);
+          });
+        const busyAnswer = () =>
+          new Promise<string>((resolve) => {
+            const s = net.connect(socket);
+            let t = '';
+            s.on('data', (d) => (t += d.toString()));
+            s.on('error', () => undefined);
+            s.on('close', () => resolve(t));
+          });
+        await holdOne();
+        // The crowd holds the only slot once a newcomer is told BUSY.
+        for (let i = 0; i < 100 && !(await busyAnswer()).includes('PVDP_HANDOFF_BUSY'); i++) await new Promise((r) => setTimeout(r, 5));
+
+        // Deadline first: the crowd never leaves.
+        const env = { ...process.env, ASAN_OPTIONS: 'detect_leaks=1', PVDP_HANDOFF_DEBUG: '1' };
+        const gaveUp = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn(binary, [socket], { env: { ...env, PVDP_HANDOFF_TIMEOUT_MS: '300' } });
+          running.add(child);
+          let stderr = '';
+          child.stderr.on('data', (d) => (stderr += d.toString()));
+          child.on('close', (code) => resolve({ code, stderr }));
+        });
+        expect(gaveUp.code).toBe(1);
+        expect(gaveUp.stderr).toMatch(/claim failed: PVDP_HANDOFF_BUSY: .*\(still busy after \d+ attempts within 300 ms\)/);
+
+        // Then the crowd leaves after the first retry is announced; the claim goes through.
+        const done = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+          const child = spawn(binary, [socket], { env });
+          running.add(child);
+          let stdout = '';
+          let stderr = '';
+          child.stdout.on('data', (d) => (stdout += d.toString()));
+          child.stderr.on('data', (d) => {
+            stderr += d.toString();
+            if (/busy, retrying/.test(stderr)) for (const s of crowd.splice(0)) s.destroy();
+          });
+          child.on('close', (code) => resolve({ code, stdout, stderr }));
+        });
+        for (const s of crowd.splice(0)) s.destroy();
+        expect(done.stderr).toMatch(/^pvdp_handoff: busy, retrying in \d+ ms \(attempt 1\)$/m);
+        expect(done.stderr).not.toMatch(/ERROR: (Address|Leak)Sanitizer|runtime error/);
+        expect(done.code).toBe(0);
+        expect(done.stdout).toMatch(/^group 4 fd \d+ functions 0001:00:01.0$/m);
+      }
+    } finally {
+      // A failed round must not leave the crowd holding the plugin's slots.
+      for (const s of crowd.splice(0)) s.destroy();
+    }
   });
 
   it('reports the plugin\'s error codes: gone after a claim, released after the timeout', async () => {
@@ -162,6 +241,15 @@ describe.skipIf(!hasCc)('C client', () => {
   const description = (window: { start: string; size: string }, iommu = '"type":"spapr-tce-v2","value":7') =>
     `{"protocol":1,"result":"claimed","description":{"protocol":1,"iommu":{${iommu}},"window":{"start":"${window.start}","size":"${window.size}","pageShift":16,"pageSize":"0x10000","created":true},` +
     `"memory":{"fdIndex":1,"size":"0x100000","pageSize":"0x10000","hugetlb":false},"groups":[{"group":4,"fdIndex":2,"functions":[]}],"ranges":[]}}\n`;
+
+  it('an answer of nearly 1 MiB with a huge array is refused at once, not counted element by element', async () => {
+    // Counting 200000 ranges by rescanning from the start each time took minutes.
+    const huge = description({ start: '0x0', size: '0x100000' }).replace('"ranges":[]', `"ranges":[${Array(200_000).fill('0').join(',')}]`);
+    expect(huge.length).toBeLessThan(1 << 20);
+    const started = Date.now();
+    await answersGive([[huge, /^claim failed: PVDP_HANDOFF_MALFORMED: 1 groups and 65 ranges are outside this client's limits/]]);
+    expect(Date.now() - started).toBeLessThan(15_000);
+  });
 
   it('missing objects and fields are errors, not NULL dereferences (checked under ASan when available)', async () => {
     await answersGive([
