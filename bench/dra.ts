@@ -12,7 +12,7 @@ import { BENCH_CONFIG_YAML } from './lib/plugin.js';
 import { msSince, sleep } from './lib/stats.js';
 import { parseConfigText } from '../src/config/load.js';
 import { silentLogger } from '../src/log.js';
-import { startDraNode } from '../src/simulate/dra-node.js';
+import { startDraNode, SIMULATED_NODE_NAME } from '../src/simulate/dra-node.js';
 import { allocatedClaim, claimRefOf } from '../src/simulate/claims.js';
 import { setEehState } from '../src/simulate/sysfs-tree.js';
 import { FROZEN_EEH_STATE, HEALTHY_EEH_STATE } from '../src/simulate/power-node.js';
@@ -22,7 +22,7 @@ import { deviceNameOf } from '../src/dra/device-name.js';
 import { startFakeApiServer } from '../src/simulate/api-server.js';
 
 const MiB = 2 ** 20;
-const NODE = 'bench-node';
+const NODE = SIMULATED_NODE_NAME;
 const DRIVER = 'power-vfio.ibm.com';
 
 /** A full collection, without starting node with --expose-gc. */
