@@ -1215,7 +1215,7 @@ export const contractCases: ContractCase[] = [
     },
   },
   {
-    name: 'region info follows the device: config size from its type, BARs from its sysfs resource file, no VGA region (EINVAL)',
+    name: 'region info follows the device, config size from its type, BARs from its sysfs resource file, no VGA region (EINVAL)',
     async run(ctx) {
       await scoped(ctx, async (s) => {
         const b = ctx.binding;
@@ -1310,6 +1310,45 @@ export const contractCases: ContractCase[] = [
       equal(results.length, ctx.groups.length, 'one result per group');
       equal(await locked(ctx), before, 'VmLck after verify');
       if (ctx.sim) assert(!ctx.sim.dead, 'the kernel is alive');
+    },
+  },
+  {
+    name: 'sequence, prepareContainer with two groups, one container on powernv v2, one per group on pseries v2 and on v1, the same window and memory for both',
+    requires: { groups: 2 },
+    async run(ctx) {
+      const b = ctx.binding;
+      const groups = ctx.groups.slice(0, 2).map((g) => g.group);
+      const before = await locked(ctx);
+      for (const iommu of ['auto', 'v1'] as const) {
+        const prepared = await prepareContainer(b, { devRoot: ctx.devRoot, groups, memorySize: 256n * KiB, iommu });
+        try {
+          const shared = prepared.iommu === 'v2' && profile(ctx).family === 'powernv';
+          equal(prepared.containers.length, shared ? 1 : 2, `${iommu}: containers`);
+          equal(prepared.groups.map((g) => g.group).join(','), groups.join(','), `${iommu}: every group`);
+          equal(prepared.containers.flatMap((c) => c.groups.map((g) => g.group)).join(','), groups.join(','), `${iommu}: every group in a container`);
+          for (const c of prepared.containers) {
+            equal(c.window.start, prepared.window.start, `${iommu}: window start of group ${c.groups[0]!.group}`);
+            equal(c.window.size, prepared.window.size, `${iommu}: window size of group ${c.groups[0]!.group}`);
+            equal(c.mappings.length, 1, `${iommu}: one MAP_DMA in the container of group ${c.groups[0]!.group}`);
+            equal(c.mappings[0]!.iova, prepared.mappings[0]!.iova, `${iommu}: the same iova`);
+          }
+          if (prepared.iommu === 'v2') {
+            // The memory is registered in each container but charged once; the tables of these small windows add little.
+            assert(prepared.lockedBytes >= prepared.memory.size && prepared.lockedBytes < 2n * prepared.memory.size, `${iommu}: memory charged once (${prepared.lockedBytes} bytes locked)`);
+          }
+          if (ctx.sim) {
+            b.writeMemory(prepared.memory.address + 16n, Buffer.from(`both-${iommu}`));
+            for (const g of groups) equal(ctx.sim.dmaRead(g, prepared.window.start + 16n, 4 + iommu.length + 1).toString(), `both-${iommu}`, `group ${g} reads the memory`);
+          }
+        } finally {
+          await prepared.release();
+        }
+        equal(await locked(ctx), before, `${iommu}: VmLck after release`);
+      }
+      for (const g of groups) {
+        const fd = await succeeds(b.openGroup(ctx.devRoot, g), `group ${g} free again`);
+        await b.close(fd);
+      }
     },
   },
   {
