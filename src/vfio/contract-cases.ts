@@ -1248,7 +1248,7 @@ export const contractCases: ContractCase[] = [
     name: 'a group with a function on a host driver is not viable, SET_CONTAINER is EPERM',
     async run(ctx) {
       const g = ctx.nonViableGroup;
-      if (!g) throw new ContractSkip('no group with a function on a host driver is arranged here (the pseries guest has one)');
+      if (!g) throw new ContractSkip('no group with a function on a host driver is arranged here (--non-viable-group)');
       await scoped(ctx, async (s) => {
         const b = ctx.binding;
         const groupFd = s.fd(await succeeds(b.openGroup(ctx.devRoot, g.group), 'the group node exists (one function is on vfio-pci)'));

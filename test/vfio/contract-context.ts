@@ -12,7 +12,7 @@ export const SIM_GROUPS = [
   { group: 2, devices: ['0002:00:01.0'] },
 ];
 
-/** A group with a function on vfio-pci and a virtio device on its host driver (the pseries guest's third PHB). */
+/** A group with a function on vfio-pci and a virtio device on its host driver (both guests have one). */
 const NON_VIABLE = { group: 3, devices: ['0003:00:01.0', '0003:00:02.0'] };
 
 /** The e1000e of the powernv9 guest: PCIe, BAR0 and BAR1 128 KiB, MSI-X in the 16 KiB BAR3 [seen]. */

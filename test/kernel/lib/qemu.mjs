@@ -27,6 +27,13 @@ export const MACHINES = {
     args: ['-M', 'powernv9', '-m', '2G'],
     // Device i (1-based) behind PHB i-1's root port: BDF 000(i-1):01:00.0 (up to 6).
     device: (i) => ['-device', `e1000e,bus=pcie.${i - 1},addr=0x0,romfile=`],
+    // The next root port holds a two-function adapter (one PE, one group): a pci-testdev that the
+    // guest binds to vfio-pci, and a virtio-rng device that the built-in virtio-pci driver takes.
+    nonViable: (i) => [
+      '-device', `pci-testdev,bus=pcie.${i - 1},addr=0x0.0,multifunction=on`,
+      '-device', `virtio-rng-pci,bus=pcie.${i - 1},addr=0x0.1`,
+    ],
+    nonViableDeviceId: '1b36:0005',
     nodefaults: false,
     append: 'console=hvc0',
   },
