@@ -6,7 +6,10 @@
 // contiguous range, the window bounds checked before every call (a map past
 // a window's end crashes pseries kernels). Every resource is pushed on a
 // teardown stack as soon as it exists, so success and every failure release
-// in the order unmap, TCE_REMOVE, UNREGISTER, UNSET_CONTAINER, close.
+// in the order unmap, TCE_REMOVE, UNREGISTER, UNSET_CONTAINER, close. Several
+// groups share the first group's container where the kernel lets them (powernv
+// v2); elsewhere (v1, pseries v2) each gets a container of its own mapping the
+// same memory at the same iova.
 import type { Logger } from '../log.js';
 import { kernelMaxPageOrder, largestPageShift, type SpaprTceInfo, type VfioBinding } from './binding.js';
 import { KernelOopsError, VfioError, VfioPrepareError, isVfioError, type PrepareErrorCode } from './errors.js';

@@ -12,6 +12,7 @@
 // fail with EPERM, as they do after fork() or an SCM_RIGHTS handoff.
 import {
   containerPath,
+  kernelMaxPageOrder,
   groupPath,
   type ArgszOption,
   type DmaMapRequest,
@@ -32,7 +33,6 @@ import {
   type VfioConstants,
 } from './binding.js';
 import { KernelOopsError, UNEXPECTED_RETURN, VfioError } from './errors.js';
-import { kernelMaxPageOrder } from './binding.js';
 import {
   CONFIG_SIZE_PCI,
   CONFIG_SIZE_PCIE,
@@ -1609,7 +1609,8 @@ export class SimulatedProcess implements VfioBinding {
       // No VGA region unless the device is a VGA device (none is simulated) [seen: EINVAL].
       if (index >= VFIO_PCI_NUM_REGIONS || index === VFIO_PCI_VGA_REGION) throw 'EINVAL';
       const offset = BigInt(index) << 40n;
-      const dev = f.group.devices.get(f.name)!;
+      const dev = f.group.devices.get(f.name);
+      if (!dev) throw 'ENODEV';
       if (index === PCI_REGION_CONFIG) return { index, flags: 0x3, size: BigInt(dev.configSize), offset };
       const r = dev.resources[index];
       if (index === PCI_REGION_ROM) {
