@@ -60,9 +60,13 @@ export function payloadOf(binding: VfioBinding, prepared: PreparedContainer, des
     async handedOver() {
       // Only our copies: no unmap, no unregister, no unset. The claimer's fds keep
       // the container, its windows and mappings alive; the pinned pages stay
-      // pinned after our munmap. The pod's exit then releases it all.
+      // pinned after our munmap. The pod's exit then releases it all. Where the
+      // kernel needed a container per group (v1, pseries v2), only the first
+      // container's fd travels: each further container stays alive through its
+      // group's fd, which is all the pod can use it by (its mm is ours).
       const failures: string[] = [];
-      for (const fd of [prepared.containerFd, prepared.memory.fd, ...prepared.groups.map((g) => g.fd)]) {
+      const extraContainers = prepared.containers.slice(1).map((c) => c.containerFd);
+      for (const fd of [prepared.containerFd, prepared.memory.fd, ...prepared.groups.map((g) => g.fd), ...extraContainers]) {
         await binding.close(fd).catch((err: unknown) => failures.push(`close ${fd}: ${(err as Error).message}`));
       }
       await binding.munmap(prepared.memory.address, prepared.memory.size).catch((err: unknown) => failures.push(`munmap: ${(err as Error).message}`));

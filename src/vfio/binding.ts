@@ -225,3 +225,12 @@ export function largestPageShift(pgsizes: bigint, limit: bigint): number | null 
   }
   return null;
 }
+
+/**
+ * MAX_PAGE_ORDER of ppc64 kernels: 12 with 4K pages (Debian's powerpc64le flavour), 8 with 64K
+ * pages (most distribution kernels). The largest physically contiguous allocation, and so the
+ * largest single TCE table level, is PAGE_SIZE << order: 16 MiB either way [seen on 6.12, 4K].
+ */
+export function kernelMaxPageOrder(kernelPageSize: number): number {
+  return kernelPageSize <= 4096 ? 12 : 8;
+}

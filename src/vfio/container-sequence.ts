@@ -6,9 +6,12 @@
 // contiguous range, the window bounds checked before every call (a map past
 // a window's end crashes pseries kernels). Every resource is pushed on a
 // teardown stack as soon as it exists, so success and every failure release
-// in the order unmap, TCE_REMOVE, UNREGISTER, UNSET_CONTAINER, close.
+// in the order unmap, TCE_REMOVE, UNREGISTER, UNSET_CONTAINER, close. Several
+// groups share the first group's container where the kernel lets them (powernv
+// v2); elsewhere (v1, pseries v2) each gets a container of its own mapping the
+// same memory at the same iova.
 import type { Logger } from '../log.js';
-import { largestPageShift, type SpaprTceInfo, type VfioBinding } from './binding.js';
+import { kernelMaxPageOrder, largestPageShift, type SpaprTceInfo, type VfioBinding } from './binding.js';
 import { KernelOopsError, VfioError, VfioPrepareError, isVfioError, type PrepareErrorCode } from './errors.js';
 
 export type IommuVersion = 'v1' | 'v2';
@@ -57,10 +60,26 @@ export interface PrepareOptions {
   logger?: Logger;
 }
 
-/** A prepared container the caller keeps (handoff) or releases (verify). */
-export interface PreparedContainer {
+/** One IOMMU container of a preparation, with the groups attached to it. */
+export interface PreparedIommuContainer {
   containerFd: number;
   groups: Array<{ group: number; fd: number }>;
+  window: DmaWindow;
+  mappings: MappedRange[];
+}
+
+/** A prepared container the caller keeps (handoff) or releases (verify). */
+export interface PreparedContainer {
+  /** The first container (the one holding the first group). */
+  containerFd: number;
+  /** Every group of the allocation, in the order asked for. */
+  groups: Array<{ group: number; fd: number }>;
+  /**
+   * The containers, first one first: one for all groups where the kernel lets them share
+   * (powernv v2), else one per group (v1; pseries v2). Each maps the same memory at the same
+   * iova range of an identical window.
+   */
+  containers: PreparedIommuContainer[];
   iommu: IommuVersion;
   info: SpaprTceInfo;
   window: DmaWindow;
@@ -318,157 +337,60 @@ export async function prepareContainer(binding: VfioBinding, options: PrepareOpt
 
 async function prepareInner(ctx: Context, options: PrepareOptions, first: number): Promise<PreparedContainer> {
   const { binding } = ctx;
-  const k = binding.constants;
   const log = ctx.logger;
 
   // 1. groups, viability
   const groups: Array<{ group: number; fd: number }> = [];
   for (const group of options.groups) groups.push({ group, fd: await openGroup(ctx, group) });
 
-  // 2. container, API version
-  let containerFd: number;
-  try {
-    containerFd = await binding.openContainer(ctx.devRoot);
-  } catch (err) {
-    if (isVfioError(err, 'ENOENT', 'EACCES', 'EPERM')) {
-      fail('ERR_VFIO_ACCESS', 'open-container', first, `cannot open the VFIO container node (${describe(err)})`,
-        'load the vfio module and mount /dev/vfio (with /dev/vfio/vfio) into the plugin', err);
-    }
-    return ioctlFailure('open-container', first, err);
-  }
-  ctx.teardown.push('close container', () => binding.close(containerFd));
-  const api = await binding.getApiVersion(containerFd).catch((err: unknown) => ioctlFailure('api-version', first, err));
-  if (api !== k.apiVersion) {
-    fail('ERR_VFIO_API', 'api-version', first, `the kernel speaks VFIO API ${api}, not ${k.apiVersion}`,
-      'run a kernel whose VFIO API matches the one this plugin was built for');
-  }
+  // 2-6. the first group's container: API, extensions, SET_CONTAINER, SET_IOMMU, info, EEH
+  const head = await openIommuContainer(ctx, groups[0]!, options.iommu ?? 'auto', options);
+  const iommu = head.iommu;
+  const info = head.info;
 
-  // 3. extensions
-  const wanted = await chooseIommu(ctx, containerFd, options.groups, options.iommu ?? 'auto')
-    .catch((err: unknown) => ioctlFailure('check-extension', first, err));
-
-  // 4. SET_CONTAINER for every group
-  for (const g of groups) {
-    try {
-      await binding.groupSetContainer(g.fd, containerFd);
-    } catch (err) {
-      if (isVfioError(err, 'EPERM')) {
-        fail('ERR_VFIO_GROUP_NOT_VIABLE', 'set-container', g.group, `IOMMU group ${g.group} is claimed by a host driver`,
-          `bind every function of group ${g.group} to vfio-pci`, err);
-      }
-      if (isVfioError(err, 'EBUSY')) {
-        fail('ERR_VFIO_IOMMU_REFUSED', 'set-container', g.group, `the container refused group ${g.group} (EBUSY)`,
-          'v1 containers take one group: prepare each group in its own container', err);
-      }
-      return ioctlFailure('set-container', g.group, err);
-    }
-    ctx.teardown.push(`unset container of group ${g.group}`, () => binding.groupUnsetContainer(g.fd));
-  }
-
-  // 5. SET_IOMMU v2, else v1
-  let iommu: IommuVersion = wanted;
-  try {
-    await binding.setIommu(containerFd, iommu === 'v2' ? k.spaprTceV2Iommu : k.spaprTceIommu);
-  } catch (err) {
-    if (iommu === 'v2' && options.iommu !== 'v2' && isVfioError(err)) {
-      log?.info({ groups: options.groups, code: err.code }, 'SPAPR TCE v2 refused, falling back to v1');
-      iommu = 'v1';
-      try {
-        await binding.setIommu(containerFd, k.spaprTceIommu);
-      } catch (err1) {
-        fail('ERR_VFIO_IOMMU_REFUSED', 'set-iommu', first, `the kernel refused both sPAPR TCE IOMMU types (v2: ${describe(err)}; v1: ${describe(err1)})`,
-          options.groups.length > 1 ? 'put each group in its own container (v1 takes one group; pseries v2 in practice one)' : 'check dmesg for vfio_iommu_spapr_tce messages', err1);
-      }
-    } else {
-      fail('ERR_VFIO_IOMMU_REFUSED', 'set-iommu', first, `SET_IOMMU ${iommu} failed: ${describe(err)}`,
-        'check dmesg for vfio_iommu_spapr_tce messages', err);
-    }
-  }
-
-  // 6. info, EEH state
-  const info = await binding.spaprTceGetInfo(containerFd).catch((err: unknown) => ioctlFailure('get-info', first, err));
-  if ((await binding.checkExtension(containerFd, k.eehExtension).catch(() => 0)) > 0) {
-    let state: number | null = null;
-    try {
-      state = await binding.eehPeOp(containerFd, { op: k.eehPeOp.getState });
-    } catch (err) {
-      if (!isVfioError(err, 'ENODEV')) return ioctlFailure('eeh-state', first, err);
-    }
-    if (state !== null && state !== k.eehPeState.normal) {
-      fail('ERR_VFIO_EEH_FROZEN', 'eeh-state', first, `the PE of group ${first} is not in its normal EEH state (state ${state})`,
-        'let EEH recovery finish or reset the device before scheduling work on it; do not write eeh_pe_state');
-    }
-  }
-
-  // 7. memory
+  // 7. memory, shared by every container of the allocation
   let memory: DmaMemory;
   try {
     memory = await allocateDmaMemory(binding, options.memorySize, options.hugePageShift !== undefined ? { hugePageShift: options.hugePageShift } : {});
   } catch (err) {
-    const huge = options.hugePageShift !== undefined;
-    fail('ERR_VFIO_MEMORY', 'allocate-memory', first, `cannot allocate ${formatBytes(options.memorySize)} of DMA memory${huge ? ` in ${formatBytes(1n << BigInt(options.hugePageShift!))} huge pages` : ''} (${describe(err)})`,
-      huge ? 'reserve enough huge pages on the node (vm.nr_hugepages or hugepagesz=/hugepages= on the kernel command line)' : 'free memory on the node or ask for less', err);
+    return memoryFailure(options, first, err);
   }
   ctx.teardown.push('release memory', () => memory.release());
 
-  // 8. window
-  let window: DmaWindow;
-  if (iommu === 'v1') {
-    window = { start: BigInt(info.dma32WindowStart), size: BigInt(info.dma32WindowSize), pageShift: 12, levels: 1, created: false };
-    if (memory.size > window.size) {
-      fail('ERR_VFIO_WINDOW', 'window', first, `${formatBytes(memory.size)} of DMA memory does not fit the ${formatBytes(window.size)} dma32 window of a v1 container`,
-        'ask for less memory, or use a kernel and platform where SPAPR TCE v2 (dynamic windows) works');
+  // 8-9. window and mappings of the first container
+  const containers: PreparedIommuContainer[] = [];
+  containers.push(await mapContainer(ctx, head.containerFd, [groups[0]!], iommu, info, memory, options));
+
+  // 10. the other groups. Join the first container where the kernel allows it (powernv v2 programs
+  // the existing windows and TCEs into the new PE). v1 takes one group (EBUSY) and pseries v2 none
+  // once a window exists (EPERM), nor can it create a window for two groups: there each group gets
+  // a container of its own, with the same memory registered (charged once per process) and the
+  // same window, so the device sees one iova layout whichever group it is in.
+  for (const g of groups.slice(1)) {
+    const joined = await joinContainer(ctx, g, containers[0]!.containerFd);
+    if (joined) {
+      containers[0]!.groups.push(g);
+      continue;
     }
-    try {
-      await binding.enable(containerFd);
-    } catch (err) {
-      if (isVfioError(err, 'ENOMEM')) {
-        // The first MAP_DMA then charges the window's TCE table too: ask for both.
-        const table = defaultTableEstimate(window.size);
-        await memlockFailure(
-          ctx,
-          'enable',
-          first,
-          `enabling the ${formatBytes(window.size)} dma32 window (and up to ${formatBytes(table)} for its TCE table at the first map)`,
-          window.size + table,
-          err,
-        );
-      }
-      return ioctlFailure('enable', first, err);
-    }
-    ctx.teardown.push('disable', () => binding.disable(containerFd));
-  } else {
-    try {
-      await binding.registerMemory(containerFd, { vaddr: memory.address, size: memory.size });
-    } catch (err) {
-      if (isVfioError(err, 'ENOMEM')) {
-        await memlockFailure(ctx, 'register-memory', first, `registering ${formatBytes(memory.size)} of DMA memory`, memory.size, err);
-      }
-      return ioctlFailure('register-memory', first, err);
-    }
-    ctx.teardown.push('unregister memory', async () => {
-      // UNREGISTER of a still-mapped region returns 0 and leaks it until exit; close releases cleanly instead.
-      if (ctx.teardown.unmapFailed) return;
-      await binding.unregisterMemory(containerFd, { vaddr: memory.address, size: memory.size });
-    });
-    window = await createWindow(ctx, containerFd, info, memory, options, first);
+    log?.info({ group: g.group, firstGroup: first, iommu }, 'The container refused a second group: the group gets a container of its own');
+    const own = await openIommuContainer(ctx, g, iommu, options);
+    const prepared = await mapContainer(ctx, own.containerFd, [g], iommu, own.info, memory, options, containers[0]!.window);
+    containers.push(prepared);
   }
 
-  // 9. map: one MAP_DMA per contiguous range, bounds checked before each
-  const ranges = coalesceRanges([{ iova: window.start, vaddr: memory.address, size: memory.size, offset: 0n }]);
-  const mappings = await mapRanges(ctx, containerFd, window, ranges, first);
-
   const lockedBytes = (await binding.lockedMemoryBytes()) - ctx.lockedBefore;
-  log?.debug({ groups: options.groups, iommu, windowStart: `0x${window.start.toString(16)}`, windowSize: `0x${window.size.toString(16)}`, lockedBytes: lockedBytes.toString() }, 'VFIO container prepared');
+  const window = containers[0]!.window;
+  log?.debug({ groups: options.groups, containers: containers.length, iommu, windowStart: `0x${window.start.toString(16)}`, windowSize: `0x${window.size.toString(16)}`, lockedBytes: lockedBytes.toString() }, 'VFIO container prepared');
   const teardown = ctx.teardown;
   return {
-    containerFd,
+    containerFd: containers[0]!.containerFd,
     groups,
+    containers,
     iommu,
     info,
     window,
     memory,
-    mappings,
+    mappings: containers[0]!.mappings,
     lockedBytes,
     async release() {
       const failures = await teardown.run(log);
@@ -480,6 +402,196 @@ async function prepareInner(ctx: Context, options: PrepareOptions, first: number
       }
     },
   };
+}
+
+function memoryFailure(options: PrepareOptions, group: number, err: unknown): never {
+  const huge = options.hugePageShift !== undefined;
+  const what = `cannot allocate ${formatBytes(options.memorySize)} of DMA memory${huge ? ` in ${formatBytes(1n << BigInt(options.hugePageShift!))} huge pages` : ''} (${describe(err)})`;
+  if (huge && isVfioError(err, 'ENODEV')) {
+    // memfd_create(MFD_HUGETLB) is ENODEV when the kernel has no huge pages of that size at all.
+    const kib = (1n << BigInt(options.hugePageShift!)) / 1024n;
+    fail('ERR_VFIO_MEMORY', 'allocate-memory', group, `${what}: the kernel has no ${formatBytes(1n << BigInt(options.hugePageShift!))} huge pages`,
+      `pick a huge page size the node offers (listed in /sys/kernel/mm/hugepages, here hugepages-${kib}kB is missing), or boot the node with hugepagesz=${formatBytes(1n << BigInt(options.hugePageShift!)).replace(/ ([KMG])iB/, '$1')} hugepages=N`, err);
+  }
+  fail('ERR_VFIO_MEMORY', 'allocate-memory', group, what,
+    huge ? 'reserve enough huge pages on the node (vm.nr_hugepages or hugepagesz=/hugepages= on the kernel command line)' : 'free memory on the node or ask for less', err);
+}
+
+/** A container with one group attached and its IOMMU set: steps 2-6 of the sequence. */
+async function openIommuContainer(
+  ctx: Context,
+  g: { group: number; fd: number },
+  want: 'auto' | IommuVersion,
+  options: PrepareOptions,
+): Promise<{ containerFd: number; iommu: IommuVersion; info: SpaprTceInfo }> {
+  const { binding } = ctx;
+  const k = binding.constants;
+  const log = ctx.logger;
+  const group = g.group;
+
+  // 2. container, API version
+  let containerFd: number;
+  try {
+    containerFd = await binding.openContainer(ctx.devRoot);
+  } catch (err) {
+    if (isVfioError(err, 'ENOENT', 'EACCES', 'EPERM')) {
+      fail('ERR_VFIO_ACCESS', 'open-container', group, `cannot open the VFIO container node (${describe(err)})`,
+        'load the vfio module and mount /dev/vfio (with /dev/vfio/vfio) into the plugin', err);
+    }
+    return ioctlFailure('open-container', group, err);
+  }
+  ctx.teardown.push('close container', () => binding.close(containerFd));
+  const api = await binding.getApiVersion(containerFd).catch((err: unknown) => ioctlFailure('api-version', group, err));
+  if (api !== k.apiVersion) {
+    fail('ERR_VFIO_API', 'api-version', group, `the kernel speaks VFIO API ${api}, not ${k.apiVersion}`,
+      'run a kernel whose VFIO API matches the one this plugin was built for');
+  }
+
+  // 3. extensions
+  const wanted = await chooseIommu(ctx, containerFd, options.groups, want)
+    .catch((err: unknown) => ioctlFailure('check-extension', group, err));
+
+  // 4. SET_CONTAINER
+  try {
+    await binding.groupSetContainer(g.fd, containerFd);
+  } catch (err) {
+    if (isVfioError(err, 'EPERM')) {
+      fail('ERR_VFIO_GROUP_NOT_VIABLE', 'set-container', group, `IOMMU group ${group} is claimed by a host driver`,
+        `bind every function of group ${group} to vfio-pci`, err);
+    }
+    return ioctlFailure('set-container', group, err);
+  }
+  ctx.teardown.push(`unset container of group ${group}`, () => binding.groupUnsetContainer(g.fd));
+
+  // 5. SET_IOMMU v2, else v1
+  let iommu: IommuVersion = wanted;
+  try {
+    await binding.setIommu(containerFd, iommu === 'v2' ? k.spaprTceV2Iommu : k.spaprTceIommu);
+  } catch (err) {
+    if (iommu === 'v2' && want === 'auto' && isVfioError(err)) {
+      log?.info({ groups: options.groups, code: err.code }, 'SPAPR TCE v2 refused, falling back to v1');
+      iommu = 'v1';
+      try {
+        await binding.setIommu(containerFd, k.spaprTceIommu);
+      } catch (err1) {
+        fail('ERR_VFIO_IOMMU_REFUSED', 'set-iommu', group, `the kernel refused both sPAPR TCE IOMMU types (v2: ${describe(err)}; v1: ${describe(err1)})`,
+          'check dmesg for vfio_iommu_spapr_tce messages', err1);
+      }
+    } else {
+      fail('ERR_VFIO_IOMMU_REFUSED', 'set-iommu', group, `SET_IOMMU ${iommu} failed: ${describe(err)}`,
+        'check dmesg for vfio_iommu_spapr_tce messages', err);
+    }
+  }
+
+  // 6. info, EEH state
+  const info = await binding.spaprTceGetInfo(containerFd).catch((err: unknown) => ioctlFailure('get-info', group, err));
+  if ((await binding.checkExtension(containerFd, k.eehExtension).catch(() => 0)) > 0) {
+    let state: number | null = null;
+    try {
+      state = await binding.eehPeOp(containerFd, { op: k.eehPeOp.getState });
+    } catch (err) {
+      if (!isVfioError(err, 'ENODEV')) return ioctlFailure('eeh-state', group, err);
+    }
+    if (state !== null && state !== k.eehPeState.normal) {
+      fail('ERR_VFIO_EEH_FROZEN', 'eeh-state', group, `the PE of group ${group} is not in its normal EEH state (state ${state})`,
+        'let EEH recovery finish or reset the device before scheduling work on it; do not write eeh_pe_state');
+    }
+  }
+  return { containerFd, iommu, info };
+}
+
+/**
+ * Attaches a group to a prepared container. False when the container refuses a further group
+ * (EBUSY on v1, EPERM on pseries v2 while a window exists) and the group is still viable, so it
+ * needs a container of its own; a non-viable group fails as such.
+ */
+async function joinContainer(ctx: Context, g: { group: number; fd: number }, containerFd: number): Promise<boolean> {
+  const { binding } = ctx;
+  try {
+    await binding.groupSetContainer(g.fd, containerFd);
+  } catch (err) {
+    if (isVfioError(err, 'EBUSY')) return false;
+    if (isVfioError(err, 'EPERM')) {
+      // EPERM is also the answer for a group a host driver claimed since it was opened.
+      const status = await binding.groupGetStatus(g.fd).catch((e: unknown) => ioctlFailure('group-status', g.group, e));
+      if (status.viable) return false;
+      fail('ERR_VFIO_GROUP_NOT_VIABLE', 'set-container', g.group, `IOMMU group ${g.group} is claimed by a host driver`,
+        `bind every function of group ${g.group} to vfio-pci`, err);
+    }
+    return ioctlFailure('set-container', g.group, err);
+  }
+  ctx.teardown.push(`unset container of group ${g.group}`, () => binding.groupUnsetContainer(g.fd));
+  return true;
+}
+
+/**
+ * Steps 8-9 for one container: v1 ENABLE or v2 REGISTER_MEMORY and a window, then the memory
+ * mapped. `like` is the first container's window: every further container must get the same one.
+ */
+async function mapContainer(
+  ctx: Context,
+  containerFd: number,
+  groups: Array<{ group: number; fd: number }>,
+  iommu: IommuVersion,
+  info: SpaprTceInfo,
+  memory: DmaMemory,
+  options: PrepareOptions,
+  like?: DmaWindow,
+): Promise<PreparedIommuContainer> {
+  const { binding } = ctx;
+  const group = groups[0]!.group;
+  let window: DmaWindow;
+  if (iommu === 'v1') {
+    window = { start: BigInt(info.dma32WindowStart), size: BigInt(info.dma32WindowSize), pageShift: 12, levels: 1, created: false };
+    if (memory.size > window.size) {
+      fail('ERR_VFIO_WINDOW', 'window', group, `${formatBytes(memory.size)} of DMA memory does not fit the ${formatBytes(window.size)} dma32 window of a v1 container`,
+        'ask for less memory, or use a kernel and platform where SPAPR TCE v2 (dynamic windows) works');
+    }
+    try {
+      await binding.enable(containerFd);
+    } catch (err) {
+      if (isVfioError(err, 'ENOMEM')) {
+        // The first MAP_DMA then charges the window's TCE table too: ask for both.
+        const table = defaultTableEstimate(window.size);
+        await memlockFailure(
+          ctx,
+          'enable',
+          group,
+          `enabling the ${formatBytes(window.size)} dma32 window (and up to ${formatBytes(table)} for its TCE table at the first map)`,
+          window.size + table,
+          err,
+        );
+      }
+      return ioctlFailure('enable', group, err);
+    }
+    ctx.teardown.push('disable', () => binding.disable(containerFd));
+  } else {
+    try {
+      await binding.registerMemory(containerFd, { vaddr: memory.address, size: memory.size });
+    } catch (err) {
+      if (isVfioError(err, 'ENOMEM')) {
+        await memlockFailure(ctx, 'register-memory', group, `registering ${formatBytes(memory.size)} of DMA memory`, memory.size, err);
+      }
+      return ioctlFailure('register-memory', group, err);
+    }
+    ctx.teardown.push('unregister memory', async () => {
+      // UNREGISTER of memory that is still mapped, even in part, returns 0 and leaves it pinned and
+      // charged for the life of the process [seen]: after any failed unmap, let close release it.
+      if (ctx.teardown.unmapFailed) return;
+      await binding.unregisterMemory(containerFd, { vaddr: memory.address, size: memory.size });
+    });
+    window = await createWindow(ctx, containerFd, info, memory, options, group);
+  }
+  if (like && (window.start !== like.start || window.size !== like.size || window.pageShift !== like.pageShift)) {
+    fail('ERR_VFIO_WINDOW', 'window', group,
+      `group ${group} got its window at 0x${window.start.toString(16)} (${formatBytes(window.size)}, ${formatBytes(1n << BigInt(window.pageShift))} pages), the allocation's first group at 0x${like.start.toString(16)} (${formatBytes(like.size)}, ${formatBytes(1n << BigInt(like.pageShift))} pages)`,
+      'allocate these groups to separate pods: the platform gives them different DMA windows');
+  }
+
+  // One MAP_DMA per contiguous range, bounds checked before each
+  const ranges = coalesceRanges([{ iova: window.start, vaddr: memory.address, size: memory.size, offset: 0n }]);
+  const mappings = await mapRanges(ctx, containerFd, window, ranges, group);
+  return { containerFd, groups: [...groups], window, mappings };
 }
 
 /** v2: drop the default window, create one for the request; levels grown until the kernel accepts. */
@@ -538,16 +650,16 @@ async function createWindow(
 
 /**
  * The fewest TCE table levels a multi-level platform (powernv) builds for a window: each level is
- * one contiguous allocation of at most PAGE_SIZE << MAX_PAGE_ORDER bytes (order 10 on 4K-page
- * kernels, 8 on 64K-page ones), and (level bits) * levels + page shift must stay below 55.
- * Platforms with one level (pseries) get 1.
+ * one contiguous allocation of at most PAGE_SIZE << MAX_PAGE_ORDER bytes (16 MiB, 2M entries, on
+ * 4K-page and 64K-page kernels alike: kernelMaxPageOrder), and (level bits) * levels + page shift
+ * must stay below 55. Platforms with one level (pseries) get 1.
  */
 export function acceptedLevels(windowSize: bigint, pageShift: number, kernelPageSize: number, maxLevels: number): number {
   if (maxLevels <= 1) return 1;
   let entriesShift = 0;
   for (let v = windowSize >> BigInt(pageShift); v > 1n; v >>= 1n) entriesShift++;
   const kernelPageShift = Math.round(Math.log2(kernelPageSize));
-  const maxOrder = kernelPageSize <= 4096 ? 10 : 8;
+  const maxOrder = kernelMaxPageOrder(kernelPageSize);
   for (let levels = 1; levels <= maxLevels; levels++) {
     const levelShift = Math.max(Math.ceil(entriesShift / levels) + 3, kernelPageShift);
     if (levelShift <= kernelPageShift + maxOrder && (levelShift - 3) * levels + pageShift < 55) return levels;

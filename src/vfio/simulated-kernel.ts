@@ -12,6 +12,7 @@
 // fail with EPERM, as they do after fork() or an SCM_RIGHTS handoff.
 import {
   containerPath,
+  kernelMaxPageOrder,
   groupPath,
   type ArgszOption,
   type DmaMapRequest,
@@ -32,6 +33,19 @@ import {
   type VfioConstants,
 } from './binding.js';
 import { KernelOopsError, UNEXPECTED_RETURN, VfioError } from './errors.js';
+import {
+  CONFIG_SIZE_PCI,
+  CONFIG_SIZE_PCIE,
+  IORESOURCE_MEM,
+  PCI_REGION_BAR5,
+  PCI_REGION_CONFIG,
+  PCI_REGION_ROM,
+  REGION_FLAG_READ,
+  barRegionFlags,
+  formatPciResource,
+  resourceSize,
+  type PciResource,
+} from './pci-device.js';
 import {
   checkBytes,
   checkFd,
@@ -76,10 +90,17 @@ const IOMMU_PAGE_SHIFT_4K = 12;
 const DDW_START = 1n << 59n;
 /** pseries get_table_size for more than one level: 0xfffff pages charged, then EINVAL [seen]. */
 const PSERIES_MULTILEVEL_CHARGE = 0xfffff000n;
-/** MAX_PAGE_ORDER on the 4K-page kernels: the largest single table level is PAGE_SIZE << 10. */
-const MAX_PAGE_ORDER = 10;
+/** pseries allocates a window's whole table at once; past PAGE_SIZE << 18 it cannot. */
+const PSERIES_MAX_TABLE_ORDER = 18;
 const POWERNV_MAX_LEVELS = 5;
 const VFIO_PCI_NUM_REGIONS = 9;
+const VFIO_PCI_VGA_REGION = 8;
+
+/** edu's resources: BAR0, 1 MiB of memory, at an address per group. */
+function defaultResources(group: number, index: number): PciResource[] {
+  const start = 0x200000000000n + (BigInt(group) << 31n) + (BigInt(index) << 24n);
+  return [{ start, end: start + (1n << 20n) - 1n, flags: 0x40200n }];
+}
 
 /** What a platform's PE (iommu_table_group) offers, per facts section 3. */
 export interface PlatformProfile {
@@ -132,6 +153,12 @@ export interface SimulatedGroupSpec {
   /** PCI vendor/device ids the config region reports (default QEMU edu 1234:11e8). */
   vendorId?: number;
   deviceId?: number;
+  /** PCI Express (4096-byte config space) or conventional PCI (256). Default false, like edu. */
+  pcie?: boolean;
+  /** The devices' sysfs `resource` lines (BARs 0-5, ROM, ...). Default edu's: BAR0 1 MiB of memory. */
+  resources?: PciResource[];
+  /** The BAR holding the MSI-X table (its region carries a capability chain). */
+  msixBar?: number;
 }
 
 export interface SimulatedKernelOptions {
@@ -145,7 +172,10 @@ export interface SimulatedKernelOptions {
   capIpcLock?: boolean;
   /** Free hugetlb pages per page shift, e.g. { 21: 512 }. Default none reserved. */
   hugePages?: Record<number, number>;
-  /** Huge page shifts the platform supports (radix: 21 and 30). */
+  /**
+   * Huge page sizes the kernel has (an hstate each, as listed in /sys/kernel/mm/hugepages; radix:
+   * 21 and 30). memfd_create(MFD_HUGETLB) of any other size is ENODEV [seen]. Default [21, 30].
+   */
   hugePageShifts?: number[];
 }
 
@@ -253,9 +283,18 @@ interface PeState {
   reset: boolean;
 }
 
+interface SimDevice {
+  hostDriver: string | null;
+  vendorId: number;
+  deviceId: number;
+  configSize: number;
+  resources: PciResource[];
+  msixBar: number | null;
+}
+
 interface SimGroup {
   number: number;
-  devices: Map<string, { hostDriver: string | null; vendorId: number; deviceId: number }>;
+  devices: Map<string, SimDevice>;
   dynamicWindows: boolean;
   file: GroupFile | null;
   container: Container | null;
@@ -375,7 +414,17 @@ export class SimulatedKernel {
     this.groups.set(spec.group, {
       number: spec.group,
       devices: new Map(
-        spec.devices.map((d) => [d, { hostDriver: null, vendorId: spec.vendorId ?? 0x1234, deviceId: spec.deviceId ?? 0x11e8 }]),
+        spec.devices.map((d, i): [string, SimDevice] => [
+          d,
+          {
+            hostDriver: null,
+            vendorId: spec.vendorId ?? 0x1234,
+            deviceId: spec.deviceId ?? 0x11e8,
+            configSize: spec.pcie ? CONFIG_SIZE_PCIE : CONFIG_SIZE_PCI,
+            resources: spec.resources ?? defaultResources(spec.group, i),
+            msixBar: spec.msixBar ?? null,
+          },
+        ]),
       ),
       dynamicWindows: spec.dynamicWindows ?? true,
       file: null,
@@ -386,6 +435,20 @@ export class SimulatedKernel {
       ddwBroken: false,
       pe: this.profile.eeh ? { ioStopped: false, dmaStopped: false, reset: false } : null,
     });
+  }
+
+  /** What sysfs shows for a device: its `resource` file and the size of its `config` file. */
+  pciDevice(name: string): { resource: string; configSize: number } | null {
+    for (const g of this.groups.values()) {
+      const dev = g.devices.get(name);
+      if (dev) return { resource: formatPciResource(dev.resources), configSize: dev.configSize };
+    }
+    return null;
+  }
+
+  /** Huge page sizes (shifts) the kernel has an hstate for. */
+  hugePageSizes(): number[] {
+    return [...this.hugePageShifts].sort((a, b) => a - b);
   }
 
   /** Whether the kernel knows the group. */
@@ -720,7 +783,9 @@ export class SimulatedKernel {
     driver.prereg = driver.prereg.filter((x) => x !== r);
     r.users--;
     if (r.users > 0 || !driver.mm) return;
-    if (this.regionMapped(driver.mm, r)) {
+    // Once leaked, a region stays pinned and charged for the life of the process, even if it is
+    // registered again and everything is closed [seen: 64 KiB kept after a partial unmap].
+    if (r.leaked || this.regionMapped(driver.mm, r)) {
       r.leaked = true;
       return;
     }
@@ -735,8 +800,10 @@ export class SimulatedKernel {
       // two are refused only after the charge (createWindow) [seen: 3 MiB leaked one page].
       return (windowSize >> BigInt(pageShift)) * 8n;
     }
-    if (!isPow2(windowSize) || windowSize < 1n << BigInt(pageShift)) return 0n;
-    const entriesShift = ilog2(windowSize) - pageShift;
+    if (!isPow2(windowSize)) return 0n;
+    // A window smaller than one IOMMU page still gets a minimal table (created at 0x0, 8 KiB
+    // charged on a 4K-page kernel, seen for 8K..32K windows of 64K pages).
+    const entriesShift = Math.max(0, ilog2(windowSize) - pageShift);
     if (levels < 1 || levels > this.profile.maxLevels) return 0n;
     let tceTableSize = 1n << BigInt(entriesShift + 3);
     if (tceTableSize < 0x1000n) tceTableSize = 0x1000n;
@@ -758,9 +825,17 @@ export class SimulatedKernel {
     if (num < 0 || num >= this.profile.maxDynamicWindows) throw 'ENOSPC';
     if (pageShift > 63 || ((this.profile.pgsizes >> BigInt(pageShift)) & 1n) === 0n) throw 'EINVAL';
     const pseries = this.profile.family === 'pseries';
+    // pseries programs a table only into the PE it was built for: with two groups attached every
+    // window creation (the pending default one at the first MAP/UNMAP too) is EPERM, before any
+    // charge [seen]. So several groups in one pseries v2 container can never get a window.
+    if (pseries && driver.groups.length > 1) throw 'EPERM';
     if (pseries && levels === 0) levels = 1; // [seen] levels 0 is one level on pseries
     const size = pseries && levels > 1 ? PSERIES_MULTILEVEL_CHARGE : this.tableSize(pageShift, windowSize, levels);
-    if (size === 0n) throw 'EINVAL';
+    // pseries re-creates the 32-bit default window for a 4K-page request in slot 0 even when it is
+    // smaller than one page: an empty window at the dma32 start, uncharged, that TCE_REMOVE cannot
+    // find (EINVAL) and close removes [seen with 2 KiB]. Sub-page dynamic windows are EINVAL.
+    const emptyDefault = pseries && size === 0n && pageShift === IOMMU_PAGE_SHIFT_4K && driver.tables[0] === null && !driver.tables[1];
+    if (size === 0n && !emptyDefault) throw 'EINVAL';
     // tce_iommu_create_table: account_locked_vm(table_size >> PAGE_SHIFT), then create_table.
     const pages = Number(size >> BigInt(this.pageShift));
     if (!this.account(proc, driver.mm!, pages)) throw 'ENOMEM';
@@ -769,16 +844,18 @@ export class SimulatedKernel {
     const pe = driver.groups[0];
     let start: bigint;
     if (this.profile.family === 'powernv') {
-      const entriesShift = ilog2(windowSize) - pageShift;
+      const entriesShift = Math.max(0, ilog2(windowSize) - pageShift);
       const levelShift = Math.max(Math.ceil(entriesShift / levels) + 3, this.pageShift);
       if ((levelShift - 3) * levels + pageShift >= 55) throw 'EINVAL';
-      if (levelShift > this.pageShift + MAX_PAGE_ORDER) throw 'ENOMEM';
+      // Each level is one page allocation of at most PAGE_SIZE << MAX_PAGE_ORDER (16 MiB with 4K
+      // or 64K pages): one level holds up to 2M entries [seen: 4K x 8 GiB, 64K x 128 GiB accepted].
+      if (levelShift > this.pageShift + kernelMaxPageOrder(this.pageSize)) throw 'ENOMEM';
       start = num === 0 ? this.profile.dma32Start : DDW_START;
     } else {
       if (levels > 1 || !isPow2(windowSize)) throw 'EINVAL';
       if (pe?.ddwBroken) throw 'ENODEV';
       // pseries allocates the whole table at once; a very large one cannot be allocated.
-      if (size > BigInt(this.pageSize) << BigInt(MAX_PAGE_ORDER + 8)) throw 'ENOMEM';
+      if (size > BigInt(this.pageSize) << BigInt(PSERIES_MAX_TABLE_ORDER)) throw 'ENOMEM';
       const other = driver.tables[num === 0 ? 1 : 0] ?? null;
       const defaultRequest = pageShift === IOMMU_PAGE_SHIFT_4K && windowSize <= this.profile.dma32Size;
       if (num === 0 && (isDefault || defaultRequest)) {
@@ -798,7 +875,8 @@ export class SimulatedKernel {
     const table: Table = {
       start,
       pageShift,
-      entries: windowSize >> BigInt(pageShift),
+      // powernv rounds a sub-page window up to one entry (TCE_REMOVE finds it [seen]); pseries' stays empty.
+      entries: windowSize >> BigInt(pageShift) || (pseries ? 0n : 1n),
       levels,
       chargedPages: pages,
       isDefault,
@@ -1059,6 +1137,9 @@ export class SimulatedProcess implements VfioBinding {
 
   private groupFileOf(fd: number): GroupFile {
     const f = this.file(fd);
+    // On a container fd, unknown ioctls are EINVAL before SET_IOMMU (the container has no
+    // driver to pass them to) and ENOTTY after (the driver does not know them) [seen].
+    if (f.kind === 'container') throw f.container.driver ? 'ENOTTY' : 'EINVAL';
     if (f.kind !== 'group') throw 'ENOTTY';
     return f;
   }
@@ -1237,7 +1318,6 @@ export class SimulatedProcess implements VfioBinding {
       if (existing) {
         if (d.prereg.includes(existing)) throw 'EBUSY';
         existing.users++;
-        existing.leaked = false;
         d.prereg.push(existing);
         d.enabled = true;
         return;
@@ -1267,7 +1347,8 @@ export class SimulatedProcess implements VfioBinding {
     this.ioctl(IOCTL.unregisterMemory, containerFd, () => {
       const d = this.driverOf(containerFd);
       if (!d.v2) throw 'ENOTTY';
-      if (!d.mm) return;
+      // Checked before the arguments [seen: EPERM with bad flags or alignment too].
+      if (!d.mm) throw 'EPERM';
       if (argsz < 24) throw 'EINVAL';
       if (flags) throw 'EINVAL';
       const mask = BigInt(this.pageSize) - 1n;
@@ -1525,10 +1606,18 @@ export class SimulatedProcess implements VfioBinding {
       const f = this.file(deviceFd);
       if (f.kind !== 'device') throw 'ENOTTY';
       if (f.group.removed) throw 'ENODEV';
-      if (index >= VFIO_PCI_NUM_REGIONS) throw 'EINVAL';
+      // No VGA region unless the device is a VGA device (none is simulated) [seen: EINVAL].
+      if (index >= VFIO_PCI_NUM_REGIONS || index === VFIO_PCI_VGA_REGION) throw 'EINVAL';
       const offset = BigInt(index) << 40n;
-      if (index === C.pciRegion.config) return { index, flags: 0x3, size: 4096n, offset };
-      if (index === C.pciRegion.bar0) return { index, flags: 0x7, size: 1n << 20n, offset };
+      const dev = f.group.devices.get(f.name);
+      if (!dev) throw 'ENODEV';
+      if (index === PCI_REGION_CONFIG) return { index, flags: 0x3, size: BigInt(dev.configSize), offset };
+      const r = dev.resources[index];
+      if (index === PCI_REGION_ROM) {
+        const size = r && r.flags & IORESOURCE_MEM ? resourceSize(r) : 0n;
+        return { index, flags: size ? REGION_FLAG_READ : 0, size, offset };
+      }
+      if (index <= PCI_REGION_BAR5) return { index, flags: barRegionFlags(r, dev.msixBar === index), size: resourceSize(r), offset };
       return { index, flags: 0, size: 0n, offset };
     });
   }
@@ -1549,11 +1638,14 @@ export class SimulatedProcess implements VfioBinding {
       const out = Buffer.alloc(length);
       if (offset >> 40n === BigInt(C.pciRegion.config)) {
         const dev = f.group.devices.get(f.name);
-        const cfg = Buffer.alloc(4096);
+        const size = dev?.configSize ?? CONFIG_SIZE_PCI;
+        const cfg = Buffer.alloc(size);
         cfg.writeUInt16LE(dev?.vendorId ?? 0xffff, 0);
         cfg.writeUInt16LE(dev?.deviceId ?? 0xffff, 2);
         const start = Number(offset & 0xfffn);
-        cfg.copy(out, 0, start, Math.min(4096, start + length));
+        // Reads past the end of the config space return nothing.
+        if (start < size) return cfg.subarray(start, Math.min(size, start + length));
+        return Buffer.alloc(0);
       }
       return out;
     }
@@ -1584,10 +1676,14 @@ export class SimulatedProcess implements VfioBinding {
   async memfdCreate(name: string, options: MemfdOptions = {}): Promise<number> {
     checkString('name', name, 249);
     this.alive();
-    const huge = options.hugePageShift ?? null;
+    // 0 means normal pages, as in the addon.
+    const huge = options.hugePageShift ? options.hugePageShift : null;
     if (huge !== null) {
       checkU32('hugePageShift', huge);
-      if (!this.kernel.supportsHugeShift(huge)) throw this.err('EINVAL', 'memfd_create');
+      // The same argument check as the addon's.
+      if (huge < 16 || huge > 40) throw new RangeError('hugePageShift out of range');
+      // No hstate of that size: hugetlb_file_setup refuses with ENODEV [seen on 6.12].
+      if (!this.kernel.supportsHugeShift(huge)) throw this.err('ENODEV', 'memfd_create');
     }
     const memfd: Memfd = { id: this.kernel.newId(), name, size: 0n, hugePageShift: huge, chunks: new Map() };
     return this.installFd({ kind: 'memfd', refs: 1, path: `/memfd:${name}`, memfd });

@@ -45,6 +45,8 @@ export function provision(opts = {}) {
  * @param {number} [o.devices]     test devices, each in its own IOMMU group (default 2: the contract
  *                                 suite needs a second group for the multi-group cases)
  * @param {string} [o.memory]     guest RAM instead of the machine's default (2G), e.g. '4G'
+ * @param {boolean} [o.nonViable] also a non-viable group where the machine can arrange one (pseries:
+ *                                a PHB with a pci-testdev on vfio-pci beside a virtio device on virtio-pci)
  * @param {(s: string) => void} [o.onOutput] live serial output
  * @returns {Promise<{exitCode: number|null, output: string, payloadOutput: string, groupNumber: number|null,
  *   deviceAddress: string|null, platform: string|null, info: object, bootMs: number|null, totalMs: number, error: string|null}>}
@@ -60,6 +62,7 @@ export async function runInGuest({
   devices = 2,
   extraAppend,
   memory,
+  nonViable = false,
   onOutput,
 }) {
   if (!MACHINES[machine]) throw new Error(`unknown machine ${machine}`);
@@ -79,6 +82,7 @@ export async function runInGuest({
       devices,
       extraAppend,
       memory,
+      nonViable,
       onOutput,
     });
   } finally {

@@ -98,6 +98,7 @@ async function main() {
       files: job.prep.files,
       command: typeof job.prep.command === 'function' ? job.prep.command(job.machine) : job.prep.command,
       timeoutMs: job.prep.timeoutMs,
+      nonViable: Boolean(job.prep.nonViable),
       onOutput: opts.verbose ? (s) => process.stderr.write(s.replace(/^/gm, `[${tag}] `)) : undefined,
     });
     job.wallMs = Date.now() - started;

@@ -1,7 +1,7 @@
 // The sPAPR sequence on the simulated kernel: call order, teardown order,
 // failure paths that leave nothing behind, window sizing and verify messages.
 import { describe, expect, it } from 'vitest';
-import { coalesceRanges, prepareContainer, verifyGroups } from '../../src/vfio/container-sequence.js';
+import { acceptedLevels, coalesceRanges, prepareContainer, verifyGroups } from '../../src/vfio/container-sequence.js';
 import { VfioPrepareError } from '../../src/vfio/errors.js';
 import { SimulatedKernel } from '../../src/vfio/simulated-kernel.js';
 import type { Platform } from '../../src/vfio/binding.js';
@@ -76,6 +76,65 @@ describe('prepareContainer', () => {
     expect(k.dmaRead(5, prepared.window.start, 4).toString()).toBe('both');
     await prepared.release();
     expect(p.openFds()).toEqual([]);
+  });
+
+  it('gives each group a container of its own on pseries v2 (no window for two PEs), the same memory and window in each', async () => {
+    const { k, p } = kernel('pseries');
+    const prepared = await prepareContainer(p, { devRoot: '/', groups: [4, 5], memorySize: MiB });
+    expect(prepared.containers.map((c) => c.groups.map((g) => g.group))).toEqual([[4], [5]]);
+    expect(prepared.containers[1]!.window).toEqual(prepared.window);
+    // REGISTER of the same region in the second container is not charged again (and the 2 KiB
+    // tables of these 1 MiB windows round down to nothing on pseries).
+    expect(prepared.lockedBytes).toBe(MiB);
+    expect(k.calls.filter((c) => c.op === 'VFIO_IOMMU_MAP_DMA').map((c) => c.result)).toEqual(['ok', 'ok']);
+    // The second group tried the first container first: refused with EPERM while a window exists.
+    expect(k.calls.filter((c) => c.op === 'VFIO_GROUP_SET_CONTAINER').map((c) => c.result)).toEqual(['ok', 'EPERM', 'ok']);
+    p.writeMemory(prepared.memory.address, Buffer.from('both'));
+    expect(k.dmaRead(4, prepared.window.start, 4).toString()).toBe('both');
+    expect(k.dmaRead(5, prepared.window.start, 4).toString()).toBe('both');
+    await prepared.release();
+    expect(p.openFds()).toEqual([]);
+    expect(await p.lockedMemoryBytes()).toBe(0n);
+  });
+
+  it('gives each group a container of its own on v1 (one group per container), each enabled', async () => {
+    const { k, p } = kernel('powernv9');
+    const prepared = await prepareContainer(p, { devRoot: '/', groups: [4, 5], memorySize: MiB, iommu: 'v1' });
+    expect(prepared.containers).toHaveLength(2);
+    expect(k.calls.filter((c) => c.op === 'VFIO_IOMMU_ENABLE').map((c) => c.result)).toEqual(['ok', 'ok']);
+    await prepared.release();
+    expect(await p.lockedMemoryBytes()).toBe(0n);
+  });
+
+  it('takes one level for tables up to 16 MiB: no TCE_CREATE is refused (its charge would stay until exit)', async () => {
+    for (const [pageSize, pageShift, windowSize] of [[4096, 12, 8n << 30n], [65536, 16, 128n << 30n]] as Array<[number, number, bigint]>) {
+      const { k, p } = kernel('powernv9', { pageSize });
+      const prepared = await prepareContainer(p, { devRoot: '/', groups: [4], memorySize: BigInt(pageSize), minWindowSize: windowSize });
+      expect(prepared.window.pageShift).toBe(pageShift);
+      expect(prepared.window.levels).toBe(1);
+      expect(k.calls.filter((c) => c.op === 'VFIO_IOMMU_SPAPR_TCE_CREATE').map((c) => c.result)).toEqual(['ok']);
+      await prepared.release();
+      // Twice the size: two levels, asked for at once.
+      const bigger = await prepareContainer(p, { devRoot: '/', groups: [4], memorySize: BigInt(pageSize), minWindowSize: 2n * windowSize });
+      expect(bigger.window.levels).toBe(2);
+      expect(k.calls.filter((c) => c.op === 'VFIO_IOMMU_SPAPR_TCE_CREATE').map((c) => c.result)).toEqual(['ok', 'ok']);
+      await bigger.release();
+      expect(await p.lockedMemoryBytes()).toBe(0n);
+    }
+    expect(acceptedLevels(8n << 30n, 12, 4096, 5)).toBe(1);
+    expect(acceptedLevels(16n << 30n, 12, 4096, 5)).toBe(2);
+    expect(acceptedLevels(128n << 30n, 16, 65536, 5)).toBe(1);
+    expect(acceptedLevels(256n << 30n, 16, 65536, 5)).toBe(2);
+  });
+
+  it('names the remedy when the kernel has no huge pages of the size asked for (memfd_create ENODEV)', async () => {
+    const { p } = kernel('pseries', { hugePageShifts: [21] });
+    const err = await prepareContainer(p, { devRoot: '/', groups: [4], memorySize: 2n << 30n, hugePageShift: 30 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(VfioPrepareError);
+    expect((err as VfioPrepareError).code).toBe('ERR_VFIO_MEMORY');
+    expect((err as Error).message).toMatch(/the kernel has no 1 GiB huge pages: .*\/sys\/kernel\/mm\/hugepages.*hugepages-1048576kB.*hugepagesz=1G hugepages=N/);
+    expect(p.openFds()).toEqual([]);
+    expect(await p.lockedMemoryBytes()).toBe(0n);
   });
 
   it.each(['pseries', 'powernv9'] as Platform[])('releases everything when a step fails half-way (%s, memlock at TCE_CREATE)', async (platform) => {

@@ -89,6 +89,13 @@ describe.skipIf(!built)('native VFIO binding', () => {
       inOtherProcess: async () => {
         throw new ContractSkip('no other process here');
       },
+      inChildProcess: async () => {
+        throw new ContractSkip('no child process here');
+      },
+      pciDevice: async () => {
+        throw new ContractSkip('no device here');
+      },
+      hugePageShifts: async () => [],
       log: () => undefined,
     };
     const runnable = contractCases.filter((c) => skipReason(c, ctx) === null);

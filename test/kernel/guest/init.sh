@@ -91,6 +91,29 @@ for dev in $BDFS; do
   ALLBDFS="$ALLBDFS${ALLBDFS:+,}$dev"
   if [ -z "$GROUP" ]; then GROUP=$g BDF=$dev MEMBERS=$members GNAME=$gname; fi
 done
+# pvdp.nonviable=VVVV:DDDD: bind only that function to vfio-pci and leave the rest of its group on
+# their drivers, so the group has a node but is not viable.
+NVDEV=$(arg pvdp.nonviable)
+NVGROUP=
+if [ -n "$NVDEV" ]; then
+  for d in /sys/bus/pci/devices/*; do
+    id="$(sed 's/^0x//' "$d/vendor"):$(sed 's/^0x//' "$d/device")"
+    [ "$id" = "$NVDEV" ] || continue
+    b=${d##*/}
+    g=$(readlink "$d/iommu_group"); g=${g##*/}
+    bind_vfio "$b" || { echo "PVDP-KERNEL-ERROR cannot bind $b to vfio-pci"; finish 93; }
+    i=0
+    while [ ! -e "/dev/vfio/$g" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+    drivers=
+    for m in /sys/kernel/iommu_groups/$g/devices/*; do
+      drv=$(readlink "$m/driver" 2>/dev/null); drivers="$drivers${drivers:+,}${m##*/}:${drv##*/}"
+    done
+    echo "PVDP-KERNEL-NONVIABLE group=$g members=$drivers"
+    NVGROUP=$g
+  done
+fi
+export PVDP_NONVIABLE_GROUP=$NVGROUP
+
 echo "PVDP-KERNEL-INFO platform=$PLATFORM cpu=$CPU group=$GROUP bdf=$BDF id=$DEV members=$MEMBERS group_name=${GNAME:-none} driver=vfio-pci groups=$VGROUPS bdfs=$ALLBDFS"
 
 # PVDP_GROUP/PVDP_BDF: the first test device; PVDP_GROUPS/PVDP_BDFS: all of them (comma-separated).

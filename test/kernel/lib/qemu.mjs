@@ -10,6 +10,14 @@ export const MACHINES = {
     args: ['-M', 'pseries,x-vof=on', '-cpu', 'power9', '-m', '2G'],
     // Device i (1-based) on its own PHB: BDF 000i:00:01.0.
     device: (i) => ['-device', `spapr-pci-host-bridge,index=${i},id=phb${i}`, '-device', `edu,bus=phb${i}.0,addr=0x1`],
+    // One more PHB (one IOMMU group on pseries) holding a pci-testdev, which the guest binds to
+    // vfio-pci, and a virtio-rng device, which the built-in virtio-pci driver takes: not viable.
+    nonViable: (i) => [
+      '-device', `spapr-pci-host-bridge,index=${i},id=phb${i}`,
+      '-device', `pci-testdev,bus=phb${i}.0,addr=0x1`,
+      '-device', `virtio-rng-pci,bus=phb${i}.0,addr=0x2`,
+    ],
+    nonViableDeviceId: '1b36:0005',
     append: 'console=hvc0',
   },
   // skiboot (OPAL) firmware from qemu-system-data; the kernel's console is OPAL's hvc0.
@@ -19,6 +27,13 @@ export const MACHINES = {
     args: ['-M', 'powernv9', '-m', '2G'],
     // Device i (1-based) behind PHB i-1's root port: BDF 000(i-1):01:00.0 (up to 6).
     device: (i) => ['-device', `e1000e,bus=pcie.${i - 1},addr=0x0,romfile=`],
+    // The next root port holds a two-function adapter (one PE, one group): a pci-testdev that the
+    // guest binds to vfio-pci, and a virtio-rng device that the built-in virtio-pci driver takes.
+    nonViable: (i) => [
+      '-device', `pci-testdev,bus=pcie.${i - 1},addr=0x0.0,multifunction=on`,
+      '-device', `virtio-rng-pci,bus=pcie.${i - 1},addr=0x0.1`,
+    ],
+    nonViableDeviceId: '1b36:0005',
     nodefaults: false,
     append: 'console=hvc0',
   },
@@ -43,15 +58,17 @@ function kv(line) {
  * exitCode is the payload's exit code from the guest's marker line, or null when the guest
  * never printed it (error then says why: timeout, no-device, qemu exited, ...).
  */
-export function boot({ machine, vmlinux, initrd, timeoutMs, guestTimeoutS, devices = 1, extraAppend = '', memory, qemu = 'qemu-system-ppc64', onOutput }) {
+export function boot({ machine, vmlinux, initrd, timeoutMs, guestTimeoutS, devices = 1, extraAppend = '', memory, nonViable = false, qemu = 'qemu-system-ppc64', onOutput }) {
   const m = MACHINES[machine];
   if (!m) throw new Error(`unknown machine ${machine} (use ${Object.keys(MACHINES).join(' or ')})`);
-  const append = [m.append, 'quiet', 'panic=-1', `pvdp.dev=${m.deviceId}`, `pvdp.timeout=${guestTimeoutS}`, extraAppend]
+  const withNonViable = nonViable && Boolean(m.nonViable);
+  const append = [m.append, 'quiet', 'panic=-1', `pvdp.dev=${m.deviceId}`, `pvdp.timeout=${guestTimeoutS}`, withNonViable ? `pvdp.nonviable=${m.nonViableDeviceId}` : '', extraAppend]
     .filter(Boolean)
     .join(' ');
   const console = m.nodefaults ? ['-nodefaults', '-nographic', '-serial', 'stdio'] : ['-display', 'none', '-monitor', 'none', '-serial', 'stdio', '-net', 'none'];
   const devArgs = [];
   for (let i = 1; i <= devices; i++) devArgs.push(...m.device(i));
+  if (withNonViable) devArgs.push(...m.nonViable(devices + 1));
   // `memory` (e.g. '4G') replaces the machine's -m (the kernel preparation benchmark maps 1 GiB).
   const machineArgs = memory ? m.args.map((a, i) => (m.args[i - 1] === '-m' ? String(memory) : a)) : m.args;
   const args = [...machineArgs, ...devArgs, ...console, '-no-reboot', '-kernel', vmlinux, '-initrd', initrd, '-append', append];

@@ -75,10 +75,13 @@ export function prepare() {
       [
         'set --',
         'for g in $(echo "$PVDP_GROUPS" | tr , " "); do set -- "$@" --group "$g"; done',
+        'if [ -n "$PVDP_NONVIABLE_GROUP" ]; then set -- "$@" --non-viable-group "$PVDP_NONVIABLE_GROUP"; fi',
         `exec node test/vfio/contract/guest-runner.mjs --platform ${PLATFORM[machine]} "$@" ` +
           `--addon /payload/vfio_native.node --dist /payload/dist --timeout-ms 120000`,
       ].join('\n'),
     timeoutMs: GUEST_TIMEOUT_MS,
+    // pseries also gets a non-viable group (a PHB with a function on a host driver).
+    nonViable: true,
   };
 }
 

@@ -16,7 +16,8 @@ import { sha256 } from '../lib/util.mjs';
 export const name = 'handoff';
 const DIR = join(REPO_ROOT, 'test', 'kernel', 'payloads', 'handoff');
 const CLIENT_DIR = join(REPO_ROOT, 'clients', 'c');
-const ROUNDS = ['c', 'node', 'exec'];
+// node2: both test groups in one allocation (a container per group on pseries).
+const ROUNDS = ['c', 'node', 'exec', 'node2'];
 
 /**
  * The repo's installed copies of `names` and their dependencies (dist/log.js imports pino, which

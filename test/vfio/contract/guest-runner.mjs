@@ -10,7 +10,7 @@
 //   CONTRACT SKIP <name>: <reason>
 //   CONTRACT SUMMARY passed=N failed=N skipped=N
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -21,7 +21,7 @@ function usage(message) {
   if (message) process.stderr.write(`guest-runner: ${message}\n`);
   process.stderr.write(
     'usage: node test/vfio/contract/guest-runner.mjs --platform pseries|powernv9|powernv10 --group N[=BDF[,BDF...]] [--group M...]\n' +
-      '       [--dev-root /] [--sysfs-root /] [--dist DIR] [--addon FILE.node] [--only SUBSTRING] [--timeout-ms 60000]\n' +
+      '       [--non-viable-group N] [--dev-root /] [--sysfs-root /] [--dist DIR] [--addon FILE.node] [--only SUBSTRING] [--timeout-ms 60000]\n' +
       'env fallbacks: PVDP_CONTRACT_PLATFORM, PVDP_CONTRACT_GROUPS ("N=BDF,BDF;M=BDF" or "N;M"), PVDP_DEV_ROOT,\n' +
       '               PVDP_SYSFS_ROOT, PVDP_DIST, PVDP_VFIO_ADDON, PVDP_CONTRACT_ONLY\n',
   );
@@ -37,6 +37,7 @@ const opts = {
   addon: process.env.PVDP_VFIO_ADDON,
   only: process.env.PVDP_CONTRACT_ONLY,
   timeoutMs: 60_000,
+  nonViableGroup: process.env.PVDP_CONTRACT_NON_VIABLE_GROUP,
 };
 const groupSpecs = [];
 const argv = process.argv.slice(2);
@@ -54,6 +55,7 @@ for (let i = 0; i < argv.length; i++) {
   else if (arg === '--dist') opts.dist = resolve(value());
   else if (arg === '--addon') opts.addon = resolve(value());
   else if (arg === '--only') opts.only = value();
+  else if (arg === '--non-viable-group') opts.nonViableGroup = value();
   else if (arg === '--timeout-ms') opts.timeoutMs = Number(value());
   else if (arg === '--help' || arg === '-h') usage();
   else usage(`unknown argument ${arg}`);
@@ -74,6 +76,17 @@ for (const spec of groupSpecs) {
   }
   if (devices.length === 0) usage(`no device named for group ${group} and none found under /sys/kernel/iommu_groups/${group}/devices`);
   opts.groups.push({ group, devices });
+}
+
+const groupDevices = (group) => {
+  const dir = join(opts.sysfsRoot, 'sys', 'kernel', 'iommu_groups', String(group), 'devices');
+  return existsSync(dir) ? readdirSync(dir).sort() : [];
+};
+let nonViableGroup;
+if (opts.nonViableGroup !== undefined && opts.nonViableGroup !== '') {
+  const group = Number(opts.nonViableGroup);
+  if (!Number.isInteger(group) || group < 0) usage(`bad --non-viable-group ${opts.nonViableGroup}`);
+  nonViableGroup = { group, devices: groupDevices(group) };
 }
 
 const distUrl = (rel) => pathToFileURL(join(opts.dist, rel)).href;
@@ -105,7 +118,60 @@ function inOtherProcess(fds, op, fdIndex, args = []) {
   });
 }
 
+/**
+ * Runs a contract-child.ts script in a fresh Node process. `memlockLimit` lowers its RLIMIT_MEMLOCK
+ * (the shell's ulimit, before exec); `unprivileged` makes it drop to uid/gid 65534 (no CAP_IPC_LOCK),
+ * for which the group nodes are opened up while it runs.
+ */
+async function inChildProcess(script, args, options = {}) {
+  const request = JSON.parse(encode({ script, args, dist: opts.dist, unprivileged: Boolean(options.unprivileged) }));
+  const vfioDir = join(opts.devRoot, 'dev', 'vfio');
+  const nodes = options.unprivileged ? readdirSync(vfioDir).map((n) => join(vfioDir, n)) : [];
+  const modes = nodes.map((n) => statSync(n).mode & 0o777);
+  nodes.forEach((n) => chmodSync(n, 0o666));
+  try {
+    const argv = [join(here, 'other-process.mjs'), JSON.stringify(request)];
+    const [cmd, cmdArgs] =
+      options.memlockLimit !== undefined
+        ? ['sh', ['-c', `ulimit -l ${options.memlockLimit / 1024n} && exec "$0" "$@"`, process.execPath, ...argv]]
+        : [process.execPath, argv];
+    return await new Promise((resolvePromise, reject) => {
+      const child = spawn(cmd, cmdArgs, { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.on('error', reject);
+      child.on('close', (code) => {
+        const line = out.trim().split('\n').pop() ?? '';
+        try {
+          const r = JSON.parse(line);
+          if (r.ok) resolvePromise(r.value);
+          else reject(new Error(`child script ${script} failed: ${r.code ?? ''} ${r.message ?? ''}`));
+        } catch {
+          reject(new Error(`child script ${script} exited ${code} without a result (${out.trim()})`));
+        }
+      });
+    });
+  } finally {
+    nodes.forEach((n, i) => chmodSync(n, modes[i]));
+  }
+}
+
 const ctx = {
+  inChildProcess,
+  ...(nonViableGroup ? { nonViableGroup } : {}),
+  async pciDevice(name) {
+    const dir = join(opts.sysfsRoot, 'sys', 'bus', 'pci', 'devices', name);
+    return { resource: readFileSync(join(dir, 'resource'), 'utf8'), configSize: statSync(join(dir, 'config')).size };
+  },
+  async hugePageShifts() {
+    const dir = join(opts.sysfsRoot, 'sys', 'kernel', 'mm', 'hugepages');
+    if (!existsSync(dir)) return [];
+    return readdirSync(dir)
+      .map((n) => /^hugepages-(\d+)kB$/.exec(n))
+      .filter(Boolean)
+      .map((m) => Math.log2(Number(m[1]) * 1024))
+      .sort((a, b) => a - b);
+  },
   binding,
   devRoot: opts.devRoot,
   simulated: false,
@@ -120,7 +186,8 @@ let passed = 0;
 let failed = 0;
 let skipped = 0;
 process.stdout.write(
-  `# contract on ${process.arch} kernel, platform ${opts.platform}, groups ${opts.groups.map((g) => `${g.group}=${g.devices.join(',')}`).join(' ')}, page ${binding.pageSize}\n`,
+  `# contract on ${process.arch} kernel, platform ${opts.platform}, groups ${opts.groups.map((g) => `${g.group}=${g.devices.join(',')}`).join(' ')}, page ${binding.pageSize}` +
+    `${nonViableGroup ? `, non-viable group ${nonViableGroup.group}=${nonViableGroup.devices.join(',')}` : ''}\n`,
 );
 for (const c of contractCases) {
   if (opts.only && !c.name.includes(opts.only)) continue;

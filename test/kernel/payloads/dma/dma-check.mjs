@@ -5,6 +5,8 @@
 //   through BAR0 the edu DMA engine copies RAM -> its buffer (0x40000) -> another RAM
 //   offset, which must hold the pattern; then part of the memory is unmapped with
 //   UNMAP_DMA and a device -> RAM DMA into that iova must leave the memory untouched.
+// Then, with every test group in one allocation (pseries gives each group a container of its
+// own), each edu does the same round trip through the shared memory at the same iova.
 // One line per check: `DMA PASS|FAIL <name>[: detail]`, then `DMA SUMMARY passed=N failed=N`.
 //
 //   node dma-check.mjs [--dist DIR] [--addon FILE] [--group N] [--bdf BDF]
@@ -28,6 +30,8 @@ const dist = resolve(opt('dist', '/payload/dist'));
 const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
 const group = Number(opt('group', (process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]));
 const bdf = opt('bdf', (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0]);
+const allGroups = (process.env.PVDP_GROUPS ?? '').split(',').filter(Boolean).map(Number);
+const allBdfs = (process.env.PVDP_BDFS ?? '').split(',').filter(Boolean);
 
 const { NativeBinding, loadNativeAddon } = await import(pathToFileURL(`${dist}/vfio/native-binding.js`).href);
 const { prepareContainer } = await import(pathToFileURL(`${dist}/vfio/container-sequence.js`).href);
@@ -216,11 +220,64 @@ async function roundTrip(iommu) {
   }
 }
 
+/** Every test group in one preparation: each edu copies RAM -> device -> RAM through the shared iova. */
+async function allGroupsRoundTrip(iommu) {
+  const tag = `${iommu} groups ${allGroups.join('+')}`;
+  const baseline = await b.lockedMemoryBytes();
+  let prepared;
+  try {
+    prepared = await prepareContainer(b, { devRoot: '/', groups: allGroups, memorySize: 64n * 1024n, iommu });
+  } catch (err) {
+    report(false, `${tag}: prepareContainer maps DMA memory for every group`, `${err.code ?? ''} ${err.message}`);
+    return;
+  }
+  const opened = [];
+  try {
+    const m = prepared.mappings[0];
+    report(
+      prepared.containers.length >= 1 && prepared.containers.every((c) => c.window.start === prepared.window.start && c.mappings[0].iova === m.iova),
+      `${tag}: one allocation, the same window and iova in every container`,
+      `${prepared.containers.length} container(s): ${prepared.containers.map((c) => `[${c.groups.map((g) => g.group).join(',')}] ${hex(c.window.start)}+${hex(c.window.size)}`).join(' ')}, VmLck +${hex(prepared.lockedBytes)}`,
+    );
+    for (const [i, g] of prepared.groups.entries()) {
+      const deviceFd = await b.groupGetDeviceFd(g.fd, allBdfs[i]);
+      opened.push(deviceFd);
+      const edu = new Edu(deviceFd, await b.deviceGetRegionInfo(deviceFd, k.pciRegion.bar0), await b.deviceGetRegionInfo(deviceFd, k.pciRegion.config));
+      const cmd = await edu.cfgRead16(PCI_COMMAND);
+      await edu.cfgWrite16(PCI_COMMAND, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+      await edu.probeOrder();
+      const mem = prepared.memory.address;
+      const srcOff = 0x1000n + BigInt(i) * 0x4000n;
+      const dstOff = 0x8000n + BigInt(i) * 0x4000n;
+      const pattern = randomBytes(LEN);
+      b.writeMemory(mem + srcOff, pattern);
+      b.writeMemory(mem + dstOff, Buffer.alloc(LEN, 0xee));
+      await edu.dma(m.iova + srcOff, EDU_BUFFER, LEN, false);
+      await edu.dma(EDU_BUFFER, m.iova + dstOff, LEN, true);
+      const back = b.readMemory(mem + dstOff, LEN);
+      report(back.equals(pattern), `${tag}: group ${g.group} (${allBdfs[i]}) DMA round trip through iova ${hex(m.iova + srcOff)}`, back.equals(pattern) ? `${LEN} bytes` : 'data differs');
+      await edu.cfgWrite16(PCI_COMMAND, cmd & ~PCI_COMMAND_MASTER);
+    }
+  } catch (err) {
+    report(false, `${tag}: DMA checks ran`, `${err.code ?? ''} ${err.stack ?? err.message}`);
+  } finally {
+    for (const fd of opened) await b.close(fd).catch(() => undefined);
+    try {
+      await prepared.release();
+      const after = await b.lockedMemoryBytes();
+      report(after === baseline, `${tag}: release returns the locked memory`, `VmLck ${hex(after)} (before prepare ${hex(baseline)})`);
+    } catch (err) {
+      report(false, `${tag}: release returns the locked memory`, `${err.code ?? ''} ${err.message}`);
+    }
+  }
+}
+
 if (!Number.isInteger(group) || !bdf) {
   console.log('DMA FAIL arguments: no group/bdf (PVDP_GROUPS/PVDP_BDFS or --group/--bdf)');
   process.exit(2);
 }
 console.log(`# dma on ${process.arch}, group ${group}, device ${bdf}, page ${b.pageSize}`);
 for (const iommu of ['v1', 'v2']) await roundTrip(iommu);
+if (allGroups.length > 1 && allGroups.length === allBdfs.length) for (const iommu of ['v2', 'v1']) await allGroupsRoundTrip(iommu);
 console.log(`DMA SUMMARY passed=${passed} failed=${failed}`);
 process.exit(failed === 0 && passed > 0 ? 0 : 1);

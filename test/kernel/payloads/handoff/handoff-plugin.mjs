@@ -6,6 +6,8 @@
 //   c      payloads/handoff/pod.c (clients/c/pvdp_handoff.c linked in, static)
 //   node   payloads/handoff/pod-node.mjs (dist/handoff/client.js claim())
 //   exec   node dist/handoff/exec-cli.js exec -- pod fds ...   (the wrapper, the C pod on fds 3, 4, 5)
+//   node2  as node, with both edus' groups in one allocation (pseries: a container per group; only the
+//          first container's fd travels, the second stays alive through its group's fd)
 // Allocate mounts only the allocation's sock/ directory into the container, read-only: the pod
 // here connects through such a view (a read-only bind mount of it), as in a container.
 // The pod prints `HANDOFF HOLDING` once it holds everything; the plugin then checks it holds nothing
@@ -30,8 +32,10 @@ const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
 const podC = resolve(opt('pod', '/payload/pod'));
 const rounds = opt('rounds', 'c,node,exec').split(',');
 const memorySize = Number(opt('memory', String(1 << 20)));
-const group = Number((process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]);
-const bdf = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0];
+const allGroups = (process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',').filter(Boolean).map(Number);
+const allBdfs = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',').filter(Boolean);
+const group = allGroups[0];
+const bdf = allBdfs[0];
 
 const { NativeBinding, loadNativeAddon } = await import(pathToFileURL(`${dist}/vfio/native-binding.js`).href);
 const { HandoffManager } = await import(pathToFileURL(`${dist}/handoff/manager.js`).href);
@@ -85,12 +89,14 @@ const resource = {
   selectors: {},
   preparation: { mode: 'handoff', handoff: { memorySize, claimTimeoutSeconds: 120, iommu: 'auto' } },
 };
-const groups = [{ id: group, name: null, phb: null, pe: null, functions: [{ address: bdf }], devNode: true, numaNodes: [], eeh: null, vfioCandidate: true, usable: true, problems: [] }];
+const groupOf = (id, address) => ({ id, name: null, phb: null, pe: null, functions: [{ address }], devNode: true, numaNodes: [], eeh: null, vfioCandidate: true, usable: true, problems: [] });
+const groupsOfOne = [groupOf(group, bdf)];
+const bothGroups = allGroups.map((g, i) => groupOf(g, allBdfs[i]));
 
 function podCommand(tag, socket) {
   const env = { ...process.env, PVDP_VFIO_ADDON: addonPath };
   if (tag === 'c') return { file: podC, args: ['claim', socket, bdf, tag], env };
-  if (tag === 'node') return { file: process.execPath, args: [join(dirnameOf(podC), 'pod-node.mjs'), '--socket', socket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath], env };
+  if (tag === 'node' || tag === 'node2') return { file: process.execPath, args: [join(dirnameOf(podC), 'pod-node.mjs'), '--socket', socket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath], env };
   if (tag === 'exec') return { file: process.execPath, args: [join(dist, 'handoff', 'exec-cli.js'), 'exec', '--socket', socket, '--', podC, 'fds', bdf, tag], env };
   throw new Error(`unknown round ${tag}`);
 }
@@ -99,6 +105,7 @@ function dirnameOf(p) {
 }
 
 async function round(tag) {
+  const groups = tag === 'node2' ? bothGroups : groupsOfOne;
   const l0 = await b.lockedMemoryBytes();
   const f0 = vfioFds();
   const alloc = await manager.allocate(resource, groups);
@@ -109,13 +116,14 @@ async function round(tag) {
   const prepMs = Number(process.hrtime.bigint() - t0) / 1e6;
   const l1 = await b.lockedMemoryBytes();
   const d = lastDescription;
-  const st = manager.status()[0];
+  const ids = groups.map((g) => g.id).join(', ');
+  const st = manager.status().find((x) => x.groups.join(', ') === ids);
   const isSock = existsSync(socket) && statSync(socket).isSocket();
   report(
     st?.state === 'ready' && isSock && d?.ranges.length === 1,
     tag,
     `the plugin prepares (allocate + preStart, ${memorySize >> 10} KiB) and serves the socket`,
-    `${d?.iommu.type}, window ${d?.window.start}+${d?.window.size} pageShift ${d?.window.pageShift}, range iova ${d?.ranges[0]?.iova}+${d?.ranges[0]?.size}, ` +
+    `state ${st?.state}, ${d?.iommu.type}, window ${d?.window.start}+${d?.window.size} pageShift ${d?.window.pageShift}, range iova ${d?.ranges[0]?.iova}+${d?.ranges[0]?.size}, ` +
       `VmLck ${hex(l0)} -> ${hex(l1)}, plugin fds +${vfioFds().length - f0.length}, ${prepMs.toFixed(0)} ms, socket ${socket} (${alloc.envs.PVDP_HANDOFF_SOCKET} in the container)`,
   );
 
@@ -153,7 +161,7 @@ async function round(tag) {
       if (!line.startsWith('HANDOFF HOLDING')) return;
       holding = true;
       // The pod holds everything: the plugin holds nothing of it any more.
-      const s = manager.status()[0];
+      const s = manager.status().find((x) => x.groups.join(', ') === ids);
       const mine = vfioFds();
       const maps = memfdMappings();
       report(
@@ -198,7 +206,15 @@ async function round(tag) {
   } catch (err) {
     reopen = `${err.code ?? ''} ${err.message}`;
   }
-  report(reopen === 'opened and closed', tag, `nothing holds group ${group} any more (/dev/vfio/${group} opens again)`, reopen);
+  for (const g of groups.slice(1)) {
+    try {
+      const fd = await b.openGroup('/', g.id);
+      await b.close(fd);
+    } catch (err) {
+      reopen = `group ${g.id}: ${err.code ?? ''} ${err.message}`;
+    }
+  }
+  report(reopen === 'opened and closed', tag, `nothing holds group(s) ${ids} any more (/dev/vfio/N opens again)`, reopen);
 }
 
 if (!Number.isInteger(group) || !bdf) {

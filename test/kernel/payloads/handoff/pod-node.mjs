@@ -112,7 +112,7 @@ async function main() {
   const iova = BigInt(range.iova);
   const size = BigInt(range.size);
   report(
-    d.protocol === 1 && d.groups.length === 1 && d.ranges.length === 1 && d.groups[0].functions.includes(bdf) && fds.groups.length === 1,
+    d.protocol === 1 && d.groups.length >= 1 && d.ranges.length === 1 && d.groups[0].functions.includes(bdf) && fds.groups.length === d.groups.length,
     'claim() (Node client) receives the fds and the description',
     `${d.iommu.type}, window ${d.window.start}+${d.window.size} pageShift ${d.window.pageShift}, range iova ${range.iova} size ${range.size} offset ${range.offset}, fds container ${fds.container} memory ${fds.memory} group ${d.groups[0].group}:${fds.groups[0]}`,
   );
