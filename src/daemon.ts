@@ -4,7 +4,8 @@
 import type { Logger } from './log.js';
 import type { Settings } from './config/settings.js';
 import type { Topology, TopologyChange } from './topology/types.js';
-import { TopologyWatcher } from './topology/discover.js';
+import { TopologyWatcher, iommuGroupsDir } from './topology/discover.js';
+import { SelectionNotices } from './config/selection-notices.js';
 import { PluginManager, type Preparer } from './kubelet/plugin-manager.js';
 import { CdiSpecWriter } from './cdi/spec-writer.js';
 import type { PluginMetrics } from './report/metrics.js';
@@ -51,6 +52,7 @@ export class Daemon {
   private readonly health: HealthTracker;
   private readonly handoff: HandoffService | null;
   private recoveryTimer: NodeJS.Timeout | null = null;
+  private readonly notices: SelectionNotices;
   /** The first discovery finished (readiness). */
   discovered = false;
   private stopping = false;
@@ -67,6 +69,11 @@ export class Daemon {
         ...(deps.ueventPollIntervalMs !== undefined ? { ueventPollIntervalMs: deps.ueventPollIntervalMs } : {}),
       },
     );
+    this.notices = new SelectionNotices({
+      logger: deps.logger.child({ room: 'selection' }),
+      resources: settings.resources,
+      iommuGroupsDir: iommuGroupsDir({ sysfsRoot: settings.sysfsRoot, devRoot: settings.devRoot }),
+    });
     this.metrics = deps.metrics;
     this.reporter = deps.reporter;
     const health = deps.health ?? new HealthTracker();
@@ -128,6 +135,7 @@ export class Daemon {
   private apply(topology: Topology): void {
     this.health.retain(topology.groups.keys());
     this.manager.applyTopology(topology);
+    this.notices.update(topology);
     this.publish();
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.recoveryTimer = null;
