@@ -162,8 +162,11 @@ export class Daemon {
   /** Discovers, then serves and registers every resource. */
   async start(): Promise<Topology> {
     this.watcher.on('change', (change: TopologyChange) => this.onChange(change));
-    const topology = await this.watcher.start();
-    // A SIGTERM during discovery: stop() is already tearing down.
+    // A SIGTERM during discovery: stop() aborts the scan and is already tearing down.
+    const topology = await this.watcher.start().catch((err: unknown) => {
+      if (this.stopping) return this.watcher.current();
+      throw err;
+    });
     if (this.stopping) return topology;
     this.logTopology(topology);
     this.discovered = true;

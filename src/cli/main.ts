@@ -1,10 +1,16 @@
 #!/usr/bin/env node
 // Command-line entry point: `run` serves the kubelet, `demo` shows the plugin
 // at work on the built-in simulated POWER node.
-import { mkdtemp, rm } from 'node:fs/promises';
+// First: signals during the loading of everything below are kept, not fatal.
+import { takeEarlySignals } from './early-signals.js';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createLogger, type Logger } from '../log.js';
 import { PluginError } from '../errors.js';
-import { parseCommandLine, resolveSettings, usage, type Settings } from '../config/settings.js';
+import { parseCommandLine, resolveSettings, settingLabel, usage, type ResolveOptions, type Settings } from '../config/settings.js';
+import { Lifecycle, describeStartupFailure, probeListenProblem, type NamedPath } from './lifecycle.js';
+import { checkDevicePluginDir } from './startup-checks.js';
 import { Daemon } from '../daemon.js';
 import { routeGrpcLogs } from './grpc-logging.js';
 import { simulatedNodeConfig } from '../simulate/node-config.js';
@@ -49,30 +55,73 @@ function createReporter(settings: Settings, logger: Logger, metrics: ReturnType<
   });
 }
 
-async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
-  let simulatedDir: string | null = null;
-  if (settings.simulate) {
-    simulatedDir = await mkdtemp('/tmp/pvdp-sim-');
-    const roots = await writeSysfsTree(simulatedDir, builtinPowerNode());
+/** Where the simulated node keeps what it writes, unless the operator names a path. */
+function simulatedPathDefaults(root: string): NonNullable<ResolveOptions['pathDefaults']> {
+  return {
+    devicePluginDir: join(root, 'device-plugins'),
+    podResourcesSocket: join(root, 'pod-resources', 'kubelet.sock'),
+    handoffHostDir: join(root, 'handoff'),
+    cdiSpecDir: join(root, 'cdi'),
+  };
+}
+
+/** The paths a start-up failure may be about, each with the setting that chose it. */
+function pathsOf(settings: Settings, sources: ResolveOptions['sources']): NamedPath[] {
+  const named: NamedPath[] = [
+    { path: settings.devicePluginDir, label: settingLabel('device-plugin-dir', sources) },
+    { path: settings.handoffHostDir, label: settingLabel('handoff-dir', sources) },
+    { path: settings.podResourcesSocket, label: settingLabel('pod-resources-socket', sources) },
+  ];
+  if (settings.cdiSpecDir !== null) named.push({ path: settings.cdiSpecDir, label: settingLabel('cdi-spec-dir', sources) });
+  return named;
+}
+
+async function runDaemon(
+  settings: Settings,
+  logger: Logger,
+  life: Lifecycle,
+  sources: ResolveOptions['sources'],
+  simulatedDir: string | null,
+): Promise<number> {
+  if (simulatedDir !== null) {
+    const roots = await life.step(writeSysfsTree(simulatedDir, builtinPowerNode()));
     settings = { ...settings, sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot };
-    logger.info({ root: simulatedDir }, 'Running on the simulated POWER node');
+    logger.info(
+      {
+        root: simulatedDir,
+        pluginDir: settings.devicePluginDir,
+        podResourcesSocket: settings.podResourcesSocket,
+        handoffDir: settings.handoffHostDir,
+        cdiSpecDir: settings.cdiSpecDir,
+      },
+      'Running on the simulated POWER node',
+    );
   }
-  const metrics = createMetrics({ version: await packageVersion() });
+  // The simulated node's own directory has no kubelet to create it; one named by the operator is theirs.
+  if (simulatedDir !== null && settings.devicePluginDir.startsWith(`${simulatedDir}/`)) {
+    await life.step(mkdir(settings.devicePluginDir, { recursive: true }));
+  }
+  // A file is refused here; a missing directory is awaited (the plugin manager says so once).
+  await life.step(checkDevicePluginDir(settings.devicePluginDir, settingLabel('device-plugin-dir', sources)));
+  const metrics = createMetrics({ version: await life.step(packageVersion()) });
   const reporter = createReporter(settings, logger, metrics);
+  if (reporter) life.defer('node reporting', () => reporter.stop());
   // The simulated node is a POWER9 bare-metal server whatever the host is.
-  reporter?.setCapabilities(settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await readCpuCapabilities());
-  const preparation = await buildPreparer({
-    simulate: settings.simulate,
-    devRoot: settings.devRoot,
-    resources: settings.resources,
-    logger,
-    ...(reporter ? { onVerified: (v: GroupVerification) => reporter.setCapabilities(capabilitiesOf(v)) } : {}),
-    handoff: {
-      hostDir: settings.handoffHostDir,
-      containerDir: settings.handoffContainerDir,
-      podResourcesSocket: settings.podResourcesSocket,
-    },
-  });
+  reporter?.setCapabilities(settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await life.step(readCpuCapabilities()));
+  const preparation = await life.step(
+    buildPreparer({
+      simulate: settings.simulate,
+      devRoot: settings.devRoot,
+      resources: settings.resources,
+      logger,
+      ...(reporter ? { onVerified: (v: GroupVerification) => reporter.setCapabilities(capabilitiesOf(v)) } : {}),
+      handoff: {
+        hostDir: settings.handoffHostDir,
+        containerDir: settings.handoffContainerDir,
+        podResourcesSocket: settings.podResourcesSocket,
+      },
+    }),
+  );
   const daemon = new Daemon(settings, {
     logger,
     metrics,
@@ -81,66 +130,89 @@ async function runDaemon(settings: Settings, logger: Logger): Promise<number> {
     handoff: preparation.handoff,
     ...(preparation.extendAllocation ? { extendAllocation: preparation.extendAllocation } : {}),
   });
-  let probe: ProbeServer | null = null;
+  life.defer('the daemon', () => daemon.stop());
   if (settings.metricsPort !== null) {
-    probe = await startProbeServer({
-      host: settings.metricsBind,
-      port: settings.metricsPort,
-      metrics,
-      logger,
-      readiness: () => ({
-        discoveryDone: daemon.discovered,
-        resources: settings.resources.map((r) => ({ name: r.name, registered: daemon.manager.registered(r.name) })),
-        ...(reporter ? { apiReporting: reporter.status() } : {}),
+    const host = settings.metricsBind;
+    const port = settings.metricsPort;
+    const probe = await life.step(
+      startProbeServer({
+        host,
+        port,
+        metrics,
+        logger,
+        readiness: () => ({
+          discoveryDone: daemon.discovered,
+          waitingFor: daemon.manager.waitingFor(),
+          resources: settings.resources.map((r) => ({ name: r.name, registered: daemon.manager.registered(r.name) })),
+          ...(reporter ? { apiReporting: reporter.status() } : {}),
+        }),
+      }).catch((err: unknown) => {
+        throw probeListenProblem(err, host, port, { port: settingLabel('metrics-port', sources), bind: settingLabel('metrics-bind', sources) });
       }),
-    });
+      (late) => late.close(),
+    );
+    life.defer('the HTTP probe server', () => probe.close());
   }
-  const done = new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal }, 'Shutting down');
-      daemon
-        .stop()
-        .then(() => probe?.close())
-        .then(async () => {
-          if (simulatedDir) await rm(simulatedDir, { recursive: true, force: true });
-          resolve(0);
-        })
-        .catch((err: unknown) => {
-          logger.error({ err: (err as Error).message }, 'Shutdown failed');
-          resolve(1);
-        });
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
-  process.on('SIGHUP', () => {
+  life.onReload(() => {
     daemon.refresh().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'Rescan failed'));
   });
-  const topology = await daemon.start();
+  const topology = await life.step(daemon.start());
   logger.info(
     { groups: topology.groups.size, resources: settings.resources.map((r) => r.name), pluginDir: settings.devicePluginDir },
     'Plugin started',
   );
-  return done;
+  const signal = await life.stopped();
+  logger.info({ signal }, 'Shutting down');
+  const failures = await life.cleanup();
+  for (const failure of failures) logger.error({ err: failure }, 'Shutdown failed');
+  return failures.length > 0 ? 1 : 0;
 }
 
-export async function main(argv: readonly string[]): Promise<number> {
-  const cli = parseCommandLine(argv, process.env);
-  if (cli.values.help) {
-    console.log(usage());
-    return 0;
+/** Start-up: every failure is one line naming the flag or file and the remedy, exit 2, and nothing left behind. */
+export async function main(argv: readonly string[], life = new Lifecycle(process, takeEarlySignals())): Promise<number> {
+  let logger: Logger | null = null;
+  let namedPaths: NamedPath[] = [];
+  try {
+    const cli = parseCommandLine(argv, process.env);
+    if (cli.values.help) {
+      console.log(usage());
+      return 0;
+    }
+    if (cli.command === 'demo') {
+      // The demo cleans up after itself on its own terms; signals keep their default.
+      life.dispose();
+      return await runDemo();
+    }
+    const simulate = cli.values.simulate === true;
+    let simulatedRoot: string | null = null;
+    if (simulate) {
+      // Created first, removed last: every path the simulated node writes defaults to under it.
+      simulatedRoot = await life.step(mkdtemp(join(tmpdir(), 'pvdp-sim-')), (late) => rm(late, { recursive: true, force: true }));
+      const root = simulatedRoot;
+      life.defer('the simulated node', () => rm(root, { recursive: true, force: true }));
+    }
+    const settings = await life.step(
+      resolveSettings(cli.values, simulate ? simulatedNodeConfig : undefined, {
+        sources: cli.sources,
+        signal: life.signal,
+        ...(simulatedRoot !== null ? { pathDefaults: simulatedPathDefaults(simulatedRoot) } : {}),
+      }),
+    );
+    namedPaths = pathsOf(settings, cli.sources);
+    logger = createLogger({ level: settings.logLevel });
+    routeGrpcLogs(logger);
+    return await runDaemon(settings, logger, life, cli.sources, simulatedRoot);
+  } catch (err) {
+    const failures = await life.cleanup();
+    if (life.signal.aborted) {
+      logger?.info({ signal: life.stopSignal }, 'Stopped during start-up');
+      return failures.length > 0 ? 1 : 0;
+    }
+    const line = describeStartupFailure(err, namedPaths);
+    logger?.error({ code: err instanceof PluginError ? err.code : (err as NodeJS.ErrnoException).code }, line.split('\n')[0]!);
+    console.error(line);
+    return 2;
   }
-  if (cli.command === 'demo') {
-    return runDemo();
-  }
-  const simulate = cli.values.simulate === true;
-  const settings = await resolveSettings(cli.values, simulate ? simulatedNodeConfig : undefined);
-  const logger = createLogger({ level: settings.logLevel });
-  routeGrpcLogs(logger);
-  return runDaemon(settings, logger);
 }
 
 main(process.argv.slice(2)).then(
@@ -150,10 +222,6 @@ main(process.argv.slice(2)).then(
     setTimeout(() => process.exit(code), 50).unref();
   },
   (err: unknown) => {
-    if (err instanceof PluginError) {
-      console.error(err.message);
-      process.exit(2);
-    }
     console.error(err);
     process.exit(1);
   },
