@@ -59,7 +59,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The plugin's configuration file: config.resources, handoff and cdi, as the plugin's schema names them. */}}
 {{- define "pvdp.configFile" -}}
 {{- $handoff := dict "hostDir" .Values.handoff.hostDir "containerDir" .Values.handoff.containerDir -}}
-{{- $config := dict "resources" .Values.config.resources "handoff" $handoff "cdi" (dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir) -}}
+{{- $cdi := dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir -}}
+{{- if .Values.simulate -}}
+{{- /* The simulated node keeps what it writes under its temporary root: no host directory is named. */ -}}
+{{- $handoff = dict "containerDir" .Values.handoff.containerDir -}}
+{{- $cdi = dict "enabled" .Values.cdi.enabled -}}
+{{- end -}}
+{{- $config := dict "resources" .Values.config.resources "handoff" $handoff "cdi" $cdi -}}
 # Rendered by the power-vfio-device-plugin chart from its values (config.resources, handoff, cdi).
 {{ toYaml $config }}
 {{- end -}}
