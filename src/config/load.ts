@@ -4,7 +4,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
-import { configSchema, type FileConfig } from './schema.js';
+import { configSchema, formatByteSize, type FileConfig } from './schema.js';
 import { ConfigError } from '../errors.js';
 
 function formatPath(path: readonly PropertyKey[]): string {
@@ -94,9 +94,7 @@ function kindOf(stats: { isDirectory(): boolean; isFIFO(): boolean; isCharacterD
   return 'not a regular file';
 }
 
-function sizeText(bytes: number): string {
-  return bytes >= 1024 * 1024 ? `${(bytes / (1024 * 1024)).toFixed(1)} MiB` : bytes >= 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${bytes} bytes`;
-}
+const sizeText = formatByteSize;
 
 /**
  * Reads at most `limit + 1` bytes: a file that grows after fstat (or a

@@ -92,6 +92,20 @@ export function parseByteSize(value: string | number): number | null {
   return Number.isSafeInteger(bytes) && bytes > 0 ? bytes : null;
 }
 
+/** Bytes for people: `0 bytes`, `512 bytes`, `257 MiB`, `1.5 GiB` (binary units, one decimal when not whole). */
+export function formatByteSize(value: number | bigint): string {
+  const bytes = Number(value);
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  if (Math.abs(bytes) < 1024) return `${bytes} bytes`;
+  let n = bytes / 1024;
+  let unit = 0;
+  while (Math.abs(n) >= 1024 && unit < units.length - 1) {
+    n /= 1024;
+    unit += 1;
+  }
+  return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[unit]}`;
+}
+
 const byteSize = z.union([z.string(), z.number()]).transform((v, ctx) => {
   const bytes = parseByteSize(v);
   if (bytes === null) {

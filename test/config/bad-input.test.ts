@@ -93,11 +93,11 @@ describe('the configuration file', () => {
     await writeFile(big, '');
     await truncate(big, 50 * 1024 * 1024);
     await expect(loadConfigFile(big)).rejects.toThrow(
-      `Configuration file ${big} is 50.0 MiB; the limit is 1.0 MiB: a configuration lists resources and takes a few KiB: check that --config names the right file`,
+      `Configuration file ${big} is 50 MiB; the limit is 1 MiB: a configuration lists resources and takes a few KiB: check that --config names the right file`,
     );
     const justOver = join(d, 'over.yaml');
     await writeFile(justOver, `# ${'x'.repeat(MAX_CONFIG_BYTES)}\n`);
-    await expect(loadConfigFile(justOver)).rejects.toThrow(/the limit is 1\.0 MiB/);
+    await expect(loadConfigFile(justOver)).rejects.toThrow(/the limit is 1 MiB/);
   });
 
   it('says an empty or comment-only file is empty and what it must contain', async () => {
