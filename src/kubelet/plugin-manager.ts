@@ -231,11 +231,18 @@ class ResourceEndpoint {
   /** Compares what is on disk with what we registered with. */
   async check(): Promise<void> {
     if (this.closed || this.running) return;
-    if (this.server.running && !(await this.server.socketPresent())) {
-      void this.ensure('our socket was removed (kubelet restart)');
-      return;
+    if (this.server.running) {
+      const present = await this.server.socketPresent();
+      if (this.closed || this.running) return;
+      if (!present) {
+        void this.ensure('our socket was removed (kubelet restart)');
+        return;
+      }
     }
     const kubelet = await fileIdentity(this.kubeletSocket);
+    // A registration that started while we looked settles it; acting on what we
+    // read before it would queue a second one right behind it.
+    if (this.closed || this.running) return;
     // A kubelet socket we have not registered with, and have not just failed
     // against (that one is retried with backoff), is worth trying now.
     if (kubelet !== null && kubelet !== this.registeredKubelet && kubelet !== this.failedKubelet) {
