@@ -198,8 +198,9 @@ export async function resolveSettings(
   let file: FileConfig | undefined;
   if (configFile !== null) {
     file = await loadConfigFile(configFile, { setting: label('config'), ...(options.signal ? { signal: options.signal } : {}) });
+  } else if (fallbackConfig) {
+    file = fallbackConfig();
   }
-  else if (fallbackConfig) file = fallbackConfig();
   if (!file) {
     throw new ConfigError('No configuration: pass --config <file> (or PVDP_CONFIG) naming the resources to advertise', [
       'config: required',
