@@ -106,6 +106,16 @@ twice, and handoff options only on handoff resources.
 {{- fail (printf "%s: with cdi enabled the name %q must be letters, digits, \"_\" or \"-\", starting with a letter (CDI class names do)" $where $local) -}}
 {{- end -}}
 {{- end -}}
+{{- $fields := list "vendors" "devices" "classes" "drivers" "addresses" "domains" "numaNodes" -}}
+{{- $named := list -}}
+{{- range $fields -}}{{- if hasKey ($r.selectors | default dict) . -}}{{- $named = append $named . -}}{{- end -}}{{- end -}}
+{{- $all := and $r.selectors (hasKey $r.selectors "all") -}}
+{{- if and $all (gt (len $named) 0) -}}
+{{- fail (printf "config.resources[%d].selectors.all: all: true selects every VFIO group; remove it or %s" $i (join ", " $named)) -}}
+{{- end -}}
+{{- if and (not $all) (eq (len $named) 0) -}}
+{{- fail (printf "config.resources[%d].selectors: must name at least one of %s; to advertise every VFIO group as this resource write \"selectors: { all: true }\"" $i (join ", " $fields)) -}}
+{{- end -}}
 {{- $mode := "verify" -}}
 {{- if and $r.preparation $r.preparation.mode -}}{{- $mode = $r.preparation.mode -}}{{- end -}}
 {{- if and $r.preparation (hasKey $r.preparation "handoff") (ne $mode "handoff") -}}
