@@ -9,7 +9,7 @@ for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
   process.on(signal, handler);
 }
 
-/** Signals seen so far; removes the early handlers (call after installing the real ones). */
+/** Signals seen so far; removes the early handlers (call after installing the real ones, never before). */
 export function takeEarlySignals(): NodeJS.Signals[] {
   for (const [signal, handler] of handlers) process.off(signal, handler);
   handlers.clear();

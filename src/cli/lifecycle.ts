@@ -18,18 +18,25 @@ export class Lifecycle {
   readonly #cleanups: { what: string; run: Cleanup }[] = [];
   readonly #handlers: { signal: NodeJS.Signals; handler: () => void }[] = [];
   #signal: NodeJS.Signals | null = null;
+  /** Steps with an undo, settled or not: an abandoned one undoes itself when it finishes. */
+  readonly #late: Promise<void>[] = [];
   #onReload: (() => void) | null = null;
 
   /** Installs the handlers at once: a signal from now on cancels start-up or stops the daemon. */
   constructor(
     private readonly proc: NodeJS.Process = process,
-    /** Signals that came before this object existed (see early-signals.ts). */
-    earlier: readonly NodeJS.Signals[] = [],
+    /**
+     * Hands over from earlier handlers (see early-signals.ts): called once ours
+     * are installed, returns the signals seen so far. Ours must be in place
+     * before theirs go: Node stops watching a signal when its last listener is
+     * removed, and a signal caught but not yet dispatched would be lost.
+     */
+    takeEarlier: () => readonly NodeJS.Signals[] = () => [],
   ) {
     for (const signal of ['SIGTERM', 'SIGINT'] as const) this.#listen(signal, () => this.#stop(signal));
     // SIGHUP's default action ends the process; before the daemon can rescan it is a no-op.
     this.#listen('SIGHUP', () => this.#onReload?.());
-    const stop = earlier.find((s) => s === 'SIGTERM' || s === 'SIGINT');
+    const stop = takeEarlier().find((s) => s === 'SIGTERM' || s === 'SIGINT');
     if (stop) this.#stop(stop);
   }
 
@@ -70,7 +77,6 @@ export class Lifecycle {
    * finishes after the signal is still undone through `undo`.
    */
   async step<T>(work: Promise<T>, undo?: (value: T) => Promise<void> | void): Promise<T> {
-    this.signal.throwIfAborted();
     let abandoned = false;
     const late = work.then(
       async (value) => {
@@ -82,6 +88,13 @@ export class Lifecycle {
         throw err;
       },
     );
+    // cleanup() waits for these: an abandoned step's undo must not race the exit.
+    if (undo) this.#late.push(late.then(() => undefined, () => undefined));
+    // The work already started (it is an argument): a signal before this point still gets it undone.
+    if (this.signal.aborted) {
+      abandoned = true;
+      throw this.signal.reason;
+    }
     let onAbort: (() => void) | undefined;
     const aborted = new Promise<never>((_, reject) => {
       onAbort = () => reject(this.signal.reason);
@@ -105,6 +118,7 @@ export class Lifecycle {
 
   /** Undoes everything deferred, newest first; returns the failures, one line each. */
   async cleanup(): Promise<string[]> {
+    await Promise.all(this.#late.splice(0));
     const failures: string[] = [];
     while (this.#cleanups.length > 0) {
       const { what, run } = this.#cleanups.pop()!;

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Command-line entry point: `run` serves the kubelet, `demo` shows the plugin
+// The command line (entered through entry.ts): `run` serves the kubelet, `demo` shows the plugin
 // at work on the built-in simulated POWER node.
 // First: signals during the loading of everything below are kept, not fatal.
 import { takeEarlySignals } from './early-signals.js';
@@ -84,7 +84,9 @@ async function runDaemon(
   simulatedDir: string | null,
 ): Promise<number> {
   if (simulatedDir !== null) {
-    const roots = await life.step(writeSysfsTree(simulatedDir, builtinPowerNode()));
+    // Awaited, not abandoned on a signal: the tree is written into the directory the cleanup removes.
+    const roots = await writeSysfsTree(simulatedDir, builtinPowerNode());
+    life.signal.throwIfAborted();
     settings = { ...settings, sysfsRoot: roots.sysfsRoot, devRoot: roots.devRoot };
     logger.info(
       {
@@ -169,7 +171,7 @@ async function runDaemon(
 }
 
 /** Start-up: every failure is one line naming the flag or file and the remedy, exit 2, and nothing left behind. */
-export async function main(argv: readonly string[], life = new Lifecycle(process, takeEarlySignals())): Promise<number> {
+export async function main(argv: readonly string[], life = new Lifecycle(process, takeEarlySignals)): Promise<number> {
   let logger: Logger | null = null;
   let namedPaths: NamedPath[] = [];
   try {
@@ -204,6 +206,10 @@ export async function main(argv: readonly string[], life = new Lifecycle(process
     return await runDaemon(settings, logger, life, cli.sources, simulatedRoot);
   } catch (err) {
     const failures = await life.cleanup();
+    for (const failure of failures) {
+      if (logger) logger.error({ err: failure }, 'Cleanup failed');
+      else console.error(`Cleanup failed: ${failure}`);
+    }
     if (life.signal.aborted) {
       logger?.info({ signal: life.stopSignal }, 'Stopped during start-up');
       return failures.length > 0 ? 1 : 0;

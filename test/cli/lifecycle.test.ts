@@ -51,7 +51,13 @@ describe('Lifecycle', () => {
 
   it('a SIGTERM that came before it existed stops at once; a second signal changes nothing; SIGHUP reloads', async () => {
     const proc = fakeProcess();
-    const life = new Lifecycle(proc, ['SIGHUP', 'SIGTERM']);
+    let handedOver = -1;
+    const life = new Lifecycle(proc, () => {
+      // Ours are in place before the earlier ones go.
+      handedOver = proc.listenerCount('SIGTERM');
+      return ['SIGHUP', 'SIGTERM'];
+    });
+    expect(handedOver).toBe(1);
     expect(life.signal.aborted).toBe(true);
     expect(await life.stopped()).toBe('SIGTERM');
     proc.emit('SIGINT');

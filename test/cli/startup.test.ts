@@ -12,7 +12,7 @@ import { simulatedNodeConfig } from '../../src/simulate/node-config.js';
 import { writeSysfsTree } from '../../src/simulate/sysfs-tree.js';
 import { builtinPowerNode } from '../../src/simulate/power-node.js';
 
-const MAIN = join(import.meta.dirname, '..', '..', 'dist', 'cli', 'main.js');
+const ENTRY = join(import.meta.dirname, '..', '..', 'dist', 'cli', 'entry.js');
 
 interface LogLine {
   msg: string;
@@ -46,7 +46,7 @@ async function scratch(): Promise<string> {
 }
 
 function run(args: string[], env: NodeJS.ProcessEnv): Run {
-  const child = spawn(process.execPath, [MAIN, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [ENTRY, ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let out = '';
   let err = '';
@@ -157,6 +157,26 @@ describe('start-up failures', () => {
 });
 
 describe('signals during start-up', () => {
+  it('SIGTERM while the program still loads (before any log line) exits 0 and leaves nothing', async () => {
+    // Only Node's own bootstrap (tens of ms) comes before the handlers. Later
+    // moments are tried until one lands while the modules load: every run must
+    // end cleanly, and at least one must have been stopped that early.
+    const tmp = await scratch();
+    let stoppedWhileLoading = 0;
+    for (let delayMs = 10; delayMs <= 1000 && stoppedWhileLoading === 0; delayMs += 15) {
+      const r = run(['--simulate', '--metrics-port', 'off'], { TMPDIR: tmp });
+      await new Promise((resolve) => setTimeout(resolve, delayMs));
+      const before = r.stdout();
+      r.child.kill('SIGTERM');
+      const end = await r.exit;
+      if (end.signal === 'SIGTERM') expect(before, 'killed by the signal after logging').toBe('');
+      else expect(end, r.stderr()).toEqual({ code: 0, signal: null });
+      expect(await readdir(tmp)).toEqual([]);
+      if (end.code === 0 && before === '') stoppedWhileLoading += 1;
+    }
+    expect(stoppedWhileLoading).toBe(1);
+  });
+
   it('SIGTERM right after the simulated node is written exits 0 and removes it', async () => {
     const tmp = await scratch();
     const r = run(['--simulate', '--metrics-port', 'off'], { TMPDIR: tmp, PVDP_LOG_LEVEL: 'debug' });
