@@ -53,6 +53,7 @@ export class Daemon {
   private readonly handoff: HandoffService | null;
   private recoveryTimer: NodeJS.Timeout | null = null;
   private readonly notices: SelectionNotices;
+  private handoffStarting: Promise<void> | null = null;
   /** The first discovery finished (readiness). */
   discovered = false;
   private stopping = false;
@@ -171,7 +172,8 @@ export class Daemon {
     this.logTopology(topology);
     this.discovered = true;
     this.apply(topology);
-    await this.handoff?.start();
+    this.handoffStarting = this.handoff?.start() ?? null;
+    await this.handoffStarting;
     if (this.stopping) return topology;
     await this.manager.start();
     return topology;
@@ -208,6 +210,8 @@ export class Daemon {
     await this.watcher.stop();
     await this.manager.stop();
     // Unclaimed preparations are released; claimed ones belong to their pods.
+    // A start still creating its directories finishes first, or it would outlive the stop.
+    await this.handoffStarting?.catch(() => undefined);
     await this.handoff?.stop();
     await this.reporter?.stop();
   }
