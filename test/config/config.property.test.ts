@@ -134,7 +134,7 @@ const validResourceBody = fc.record({
     { requiredKeys: [] },
   ).map((sel) =>
     // Selectors that name nothing are refused; selecting everything is said explicitly.
-    ['vendors', 'classes', 'domains', 'numaNodes'].some((k) => k in sel) ? sel : { all: true as const },
+    ['vendors', 'classes', 'domains', 'numaNodes'].some((k) => k in sel) ? sel : { all: true as const, domains: undefined },
   ),
   preparation: fc.oneof(
     fc.record({ mode: fc.constantFrom('none', 'verify') }),
