@@ -6,6 +6,7 @@ import { mkdtemp, rm, writeFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SimulatedKubelet } from '../../src/simulate/kubelet.js';
 import { simulatedNodeConfig } from '../../src/simulate/node-config.js';
+import { DraKubelet } from '../../src/simulate/dra-kubelet.js';
 
 const MAIN = join(import.meta.dirname, '..', '..', 'dist', 'cli', 'main.js');
 
@@ -105,6 +106,34 @@ describe('command line', () => {
       const lines = r.stdout().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; level: string });
       expect(lines.some((l) => l.msg === 'Registered with the kubelet')).toBe(true);
       expect(lines.some((l) => l.msg === 'Shutting down')).toBe(true);
+    } finally {
+      await kubelet.stop();
+    }
+  });
+
+  it('serves DRA on the simulated node with an API server stand-in, registers through the registry, and on SIGTERM removes its sockets and exits 0', async () => {
+    const dir = await mkdtemp('/tmp/pvdp-');
+    dirs.push(dir);
+    const registry = join(dir, 'reg');
+    const kubelet = new DraKubelet(registry, { retryMs: 100 });
+    await kubelet.start();
+    try {
+      const r = run(['--simulate', '--kubelet-api', 'dra', '--plugins-registry-dir', registry], { PVDP_LOG_LEVEL: 'info', PVDP_METRICS_PORT: 'off' });
+      children.push(r.child);
+      const plugin = await kubelet.waitForPlugin('power-vfio.ibm.com', 15_000);
+      // The service socket lives under the simulated node's temporary root, not the host's kubelet directory.
+      expect(plugin.endpoint).toMatch(/^\/tmp\/pvdp-sim-[^/]+\/plugins\/power-vfio\.ibm\.com\/dra\.sock$/);
+      const health = await kubelet.waitForHealth('power-vfio.ibm.com', (h) => h.length === 8, 15_000);
+      expect(health.every((h) => h.pool === 'power9-sim' && h.health === 'HEALTHY')).toBe(true);
+      r.child.kill('SIGTERM');
+      const { code } = await r.exit;
+      expect(code).toBe(0);
+      expect(await readdir(registry)).toEqual([]);
+      const lines = r.stdout().trim().split('\n').map((l) => JSON.parse(l) as { msg: string; root?: string });
+      expect(lines.some((l) => l.msg === 'Published the ResourceSlices of this node')).toBe(true);
+      const root = lines.find((l) => l.msg === 'Running on the simulated POWER node')?.root;
+      expect(root).toBeDefined();
+      await expect(readdir(root!)).rejects.toThrow(/ENOENT/);
     } finally {
       await kubelet.stop();
     }
