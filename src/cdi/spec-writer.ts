@@ -8,21 +8,7 @@ import { VFIO_CONTAINER_PATH } from '../inventory/advertised.js';
 export const CDI_VERSION = '0.6.0';
 const FILE_PREFIX = 'power-vfio-';
 
-/**
- * CDI's own rules for a kind `vendor/class`: the vendor a domain-like name
- * starting with a letter, the class letters, digits, `_` and `-` starting with
- * a letter. Returns why a resource name breaks them, or null.
- */
-export function cdiKindProblem(resource: string): string | null {
-  const [vendor = '', cls = ''] = resource.split('/');
-  if (!/^[A-Za-z]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(vendor)) {
-    return `with cdi enabled the domain "${vendor}" must start with a letter (CDI vendor names do)`;
-  }
-  if (!/^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?$/.test(cls)) {
-    return `with cdi enabled the name "${cls}" must be letters, digits, "_" or "-", starting with a letter (CDI class names do)`;
-  }
-  return null;
-}
+export { cdiKindProblem } from './names.js';
 
 /** The CDI kind of a resource is the resource name itself: `vendor.example/class`. */
 export function cdiDeviceName(resource: string, group: number): string {

@@ -1,7 +1,7 @@
 // The configuration file's schema. Every field an operator can write is
 // declared here once; validation errors carry the path of the bad field.
 import { z } from 'zod';
-import { cdiKindProblem } from '../cdi/spec-writer.js';
+import { cdiKindProblem } from '../cdi/names.js';
 import { driverNameProblem } from '../dra/constants.js';
 
 /** Kubernetes extended resource names: `<domain>/<name>`, outside kubernetes.io. */

@@ -6,12 +6,10 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, UsageError } from '../errors.js';
 import { loadConfigFile } from './load.js';
 import type { FileConfig, ResourceConfig } from './schema.js';
-import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from '../kubelet/proto.js';
-import { MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/socket-path.js';
+import { DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET, MAX_SOCKET_PATH, socketPathProblem } from '../kubelet/socket-path.js';
 import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
-import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
-import { containerDirFor } from '../handoff/manager.js';
-import { cdiKindProblem } from '../cdi/spec-writer.js';
+import { DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR, containerDirFor } from '../handoff/paths.js';
+import { cdiKindProblem } from '../cdi/names.js';
 import {
   DEFAULT_DRIVER_NAME,
   DEFAULT_PLUGINS_DIR,

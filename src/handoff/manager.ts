@@ -25,6 +25,7 @@ import { RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { AllocationExtra } from '../prepare/types.js';
+import { containerDirFor } from './paths.js';
 import { resourceEnvSuffix } from '../inventory/advertised.js';
 import {
   HANDOFF_PROTOCOL_VERSION,
@@ -198,10 +199,7 @@ export function groupSetKey(resource: string, groups: readonly number[]): string
   return `${resource}:${[...groups].sort((a, b) => a - b).join(',')}`;
 }
 
-/** The container path of a resource's handoff directory: `<containerDir>/<resource with / as _>`. */
-export function containerDirFor(containerDir: string, resource: string): string {
-  return join(containerDir, resource.replace(/[^A-Za-z0-9._-]/g, '_'));
-}
+export { containerDirFor } from './paths.js';
 
 export function claimTimeoutMsOf(resource: ResourceConfig | null, fallbackMs: number): number {
   const seconds = resource?.preparation.handoff?.claimTimeoutSeconds;

@@ -7,8 +7,7 @@ import type { AllocationExtra } from '../prepare/types.js';
 import { PodResourcesClient, PodResourcesPoller } from '../kubelet/pod-resources.js';
 import { HandoffManager, type HandoffManagerOptions } from './manager.js';
 
-export const DEFAULT_HANDOFF_HOST_DIR = '/var/run/power-vfio-device-plugin';
-export const DEFAULT_HANDOFF_CONTAINER_DIR = '/var/run/power-vfio/handoff';
+export { DEFAULT_HANDOFF_HOST_DIR, DEFAULT_HANDOFF_CONTAINER_DIR } from './paths.js';
 
 export interface HandoffServiceOptions extends HandoffManagerOptions {
   /** The kubelet's PodResources socket; null turns PodResources-driven release off. */

@@ -37,9 +37,7 @@ export function podResourcesProto(): PodResourcesProto {
 }
 
 export const DEVICE_PLUGIN_API_VERSION = 'v1beta1';
-export { KUBELET_SOCKET_NAME } from './socket-path.js';
+export { KUBELET_SOCKET_NAME, DEFAULT_DEVICE_PLUGIN_DIR, DEFAULT_POD_RESOURCES_SOCKET } from './socket-path.js';
 export const KUBELET_CHECKPOINT_NAME = 'kubelet_internal_checkpoint';
-export const DEFAULT_DEVICE_PLUGIN_DIR = '/var/lib/kubelet/device-plugins';
-export const DEFAULT_POD_RESOURCES_SOCKET = '/var/lib/kubelet/pod-resources/kubelet.sock';
 export const HEALTHY = 'Healthy';
 export const UNHEALTHY = 'Unhealthy';

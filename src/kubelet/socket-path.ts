@@ -3,6 +3,11 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 
+/** The kubelet's device-plugins directory. */
+export const DEFAULT_DEVICE_PLUGIN_DIR = '/var/lib/kubelet/device-plugins';
+/** The kubelet's PodResources socket. */
+export const DEFAULT_POD_RESOURCES_SOCKET = '/var/lib/kubelet/pod-resources/kubelet.sock';
+
 /** The kubelet's registration socket in the device-plugins directory. */
 export const KUBELET_SOCKET_NAME = 'kubelet.sock';
 
