@@ -166,7 +166,9 @@ export class GroupBinder {
         if (missing.length === 0 && node) return null;
         return [...missing, ...(node ? [] : [`${this.devNode(group)} does not exist`])].join(', ');
       }, `for IOMMU group ${group} to be bound to ${VFIO_PCI}`);
-      this.logger.info({ group, functions: moving.map((f) => `${f.address}:${f.driver ?? 'none'}`) }, 'Took an IOMMU group from its host drivers to vfio-pci');
+      if (moving.length > 0) {
+        this.logger.info({ group, functions: moving.map((f) => `${f.address}:${f.driver ?? 'none'}`) }, 'Took an IOMMU group from its host drivers to vfio-pci');
+      }
     } catch (err) {
       const rollback = await this.giveBack(group, original, Math.max(timeoutMs, 1000)).then(
         () => 'every function was given back',

@@ -195,7 +195,13 @@ export const resourceSchema = z
       .preprocess((v) => (typeof v === 'string' ? { mode: v } : v), bindingSchema)
       .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((r, ctx) => {
+    // A managed group changes driver when a claim takes it: a driver selector would drop it from the pool mid-claim.
+    if (r.binding?.mode === 'managed' && r.selectors.drivers !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['selectors', 'drivers'], message: 'cannot be used with binding mode managed: the driver of a managed group changes when a claim takes it; use binding.allowedDrivers' });
+    }
+  });
 
 export const configSchema = z
   .object({

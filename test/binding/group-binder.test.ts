@@ -10,6 +10,7 @@ import { SimulatedSysfsKernel } from '../../src/simulate/sysfs-kernel.js';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import type { DiscoveryRoots } from '../../src/topology/types.js';
+import { Checkpoint, CheckpointError } from '../../src/dra/checkpoint.js';
 
 let dir: string;
 let roots: DiscoveryRoots;
@@ -134,6 +135,29 @@ describe('binding configuration', () => {
     expect(problem(resource({ mode: 'static', allowedDrivers: ['nvme'] }))).toMatch(/allowedDrivers: is only used with mode: managed/);
     expect(problem(resource({ mode: 'managed', allowedDrivers: ['nvme'], timeoutSeconds: 0 }))).toMatch(/timeoutSeconds/);
     expect(problem(resource('sometimes'))).toMatch(/binding\.mode/);
+    expect(problem({ resources: [{ name: 'ibm.com/nvme', selectors: { drivers: ['nvme'] }, binding: { mode: 'managed', allowedDrivers: ['nvme'] } }] })).toMatch(/selectors\.drivers: cannot be used with binding mode managed/);
     expect(problem({ ...resource({ mode: 'managed', allowedDrivers: ['nvme'] }), kubeletApi: 'device-plugin' })).toMatch(/binding\.mode: managed binding needs the DRA front end/);
+  });
+});
+
+describe('the checkpoint of managed groups', () => {
+  it('keeps the original drivers, and refuses entries whose addresses or drivers are not what sysfs shows (they become sysfs paths)', async () => {
+    const checkpoint = new Checkpoint(dir, 'checkpoint.json', 'power-vfio.ibm.com');
+    const claim = (address: string, driver: string | null) => ({
+      namespace: 'default',
+      name: 'c',
+      state: 'unpreparing',
+      groupSets: [{ resource: 'ibm.com/nvme', groups: [9], mode: 'verify' }],
+      bindings: [{ resource: 'ibm.com/nvme', group: 9, timeoutMs: 30000, functions: [{ address, driver, driverOverride: null, isBridge: false }] }],
+      devices: [],
+      cdiSpecFile: null,
+    });
+    const write = (c: unknown) => writeFile(join(dir, 'checkpoint.json'), JSON.stringify({ version: 1, driver: 'power-vfio.ibm.com', claims: { u: c } }));
+    await write(claim('0030:01:00.0', 'nvme'));
+    expect((await checkpoint.read()).claims['u']!.bindings![0]!.functions[0]!.driver).toBe('nvme');
+    await write(claim('../../../../etc', 'nvme'));
+    await expect(checkpoint.read()).rejects.toBeInstanceOf(CheckpointError);
+    await write(claim('0030:01:00.0', 'nvme/../../unbind'));
+    await expect(checkpoint.read()).rejects.toBeInstanceOf(CheckpointError);
   });
 });

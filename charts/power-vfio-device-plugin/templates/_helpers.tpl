@@ -123,6 +123,9 @@ twice, and handoff options only on handoff resources.
 {{- fail (printf "config.resources[%d].binding.allowedDrivers: %s names a VFIO driver: managed binding moves functions to vfio-pci; list the host drivers it may take them from" $i .) -}}
 {{- end -}}
 {{- end -}}
+{{- if and (eq $bindingMode "managed") $r.selectors.drivers -}}
+{{- fail (printf "config.resources[%d].selectors.drivers: cannot be used with binding mode managed: the driver of a managed group changes when a claim takes it; use binding.allowedDrivers" $i) -}}
+{{- end -}}
 {{- if and (eq $bindingMode "managed") (ne (include "pvdp.kubeletApi" $) "dra") -}}
 {{- fail (printf "config.resources[%d].binding.mode: managed binding needs the DRA front end (kubeletApi: dra): the device plugin API has no prepare step to rebind in" $i) -}}
 {{- end -}}
