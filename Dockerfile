@@ -33,7 +33,7 @@ RUN npm run build
 RUN node -e "require('./build/Release/vfio_native.node'); require('./build/Release/vfio_uevent.node')"
 RUN npm prune --omit=dev --no-audit --no-fund
 # What the runtime needs, laid out as the package: package.json, dist/ (bin
-# power-vfio-device-plugin = dist/cli/main.js, and the workload client's bin),
+# power-vfio-device-plugin = dist/cli/entry.js, and the workload client's bin),
 # proto/ (loaded at run time), the C handoff client's sources and the docs
 # (for workloads to copy), node_modules/ without dev dependencies, and the
 # compiled addons.
@@ -63,5 +63,5 @@ ENV NODE_ENV=production
 # the device cgroup; see charts/power-vfio-device-plugin/templates/daemonset.yaml.
 USER 0:0
 EXPOSE 9101
-ENTRYPOINT ["node", "/app/dist/cli/main.js"]
+ENTRYPOINT ["node", "/app/dist/cli/entry.js"]
 CMD ["run"]

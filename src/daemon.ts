@@ -5,7 +5,8 @@
 import type { Logger } from './log.js';
 import type { Settings } from './config/settings.js';
 import type { Topology, TopologyChange } from './topology/types.js';
-import { TopologyWatcher } from './topology/discover.js';
+import { TopologyWatcher, iommuGroupsDir } from './topology/discover.js';
+import { SelectionNotices } from './config/selection-notices.js';
 import { PluginManager } from './kubelet/plugin-manager.js';
 import { DraDriver, type SlicePublishing } from './dra/driver.js';
 import type { ClaimPreparation, ClaimSource } from './dra/claim-state.js';
@@ -91,6 +92,8 @@ export class Daemon {
   private readonly health: HealthTracker;
   private readonly handoff: HandoffService | null;
   private recoveryTimer: NodeJS.Timeout | null = null;
+  private readonly notices: SelectionNotices;
+  private handoffStarting: Promise<void> | null = null;
   /** The first discovery finished (readiness). */
   discovered = false;
   private stopping = false;
@@ -107,6 +110,11 @@ export class Daemon {
         ...(deps.ueventPollIntervalMs !== undefined ? { ueventPollIntervalMs: deps.ueventPollIntervalMs } : {}),
       },
     );
+    this.notices = new SelectionNotices({
+      logger: deps.logger.child({ room: 'selection' }),
+      resources: settings.resources,
+      iommuGroupsDir: iommuGroupsDir({ sysfsRoot: settings.sysfsRoot, devRoot: settings.devRoot }),
+    });
     this.metrics = deps.metrics;
     this.reporter = deps.reporter;
     const health = deps.health ?? new HealthTracker({ logger: deps.logger.child({ room: 'health' }) });
@@ -223,6 +231,7 @@ export class Daemon {
   private apply(topology: Topology): void {
     this.health.retain(topology.groups.keys());
     this.frontEnd.apply(this.inventory.apply(topology));
+    this.notices.update(topology);
     this.publish();
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.recoveryTimer = null;
@@ -249,13 +258,17 @@ export class Daemon {
   /** Discovers, then serves and registers every resource. */
   async start(): Promise<Topology> {
     this.watcher.on('change', (change: TopologyChange) => this.onChange(change));
-    const topology = await this.watcher.start();
-    // A SIGTERM during discovery: stop() is already tearing down.
+    // A SIGTERM during discovery: stop() aborts the scan and is already tearing down.
+    const topology = await this.watcher.start().catch((err: unknown) => {
+      if (this.stopping) return this.watcher.current();
+      throw err;
+    });
     if (this.stopping) return topology;
     this.logTopology(topology);
     this.discovered = true;
     this.apply(topology);
-    await this.handoff?.start();
+    this.handoffStarting = this.handoff?.start() ?? null;
+    await this.handoffStarting;
     if (this.stopping) return topology;
     await this.frontEnd.start();
     return topology;
@@ -292,6 +305,8 @@ export class Daemon {
     await this.watcher.stop();
     await this.frontEnd.stop();
     // Unclaimed preparations are released; claimed ones belong to their pods.
+    // A start still creating its directories finishes first, or it would outlive the stop.
+    await this.handoffStarting?.catch(() => undefined);
     await this.handoff?.stop();
     await this.reporter?.stop();
   }

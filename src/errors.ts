@@ -9,7 +9,8 @@ export type PluginErrorCode =
   | 'PVDP_ERR_DUPLICATE_DEVICE'
   | 'PVDP_ERR_DEVICE_UNHEALTHY'
   | 'PVDP_ERR_PREPARATION'
-  | 'PVDP_ERR_REGISTRATION';
+  | 'PVDP_ERR_REGISTRATION'
+  | 'PVDP_ERR_STARTUP';
 
 export class PluginError extends Error {
   readonly code: PluginErrorCode;

@@ -6,6 +6,7 @@ import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { createLogger } from '../log.js';
+import { formatByteSize } from '../config/schema.js';
 import { Daemon } from '../daemon.js';
 import { simulatedSettings } from '../simulate/settings.js';
 import { simulatedNodeConfig } from '../simulate/node-config.js';
@@ -143,10 +144,13 @@ export async function runDemo(): Promise<number> {
       (err: { code?: string }) => err.code ?? 'refused',
     );
     say(`  the pod cannot map more (the container's mm is the plugin's): MAP_DMA -> ${mapMore}`);
-    const lockedBefore = await kernel.process().lockedMemoryBytes();
+    // Locked memory is charged to the plugin (the container's mm is its own) until the pod's fds close.
+    const lockedWhileHeld = await kernel.process().lockedMemoryBytes();
     await pod.munmap(view, size);
     pod.exit();
-    say(`  the pod exits: the kernel releases everything; the plugin holds ${lockedBefore} bytes locked, group 6 opens again: ${await kernel
+    const lockedAfterExit = await kernel.process().lockedMemoryBytes();
+    say(`  while the pod ran, the plugin held ${formatByteSize(lockedWhileHeld)} locked for it`);
+    say(`  the pod exits: the kernel releases everything; the plugin holds ${formatByteSize(lockedAfterExit)} locked, group 6 opens again: ${await kernel
       .process()
       .openGroup(roots.devRoot, 6)
       .then(async (fd) => {

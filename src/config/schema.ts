@@ -51,6 +51,9 @@ const domainId = z
 
 const listOf = <T extends z.ZodType>(item: T) => z.array(item).min(1, 'must list at least one value when present');
 
+/** The fields that narrow a selection (`match` only says how they combine). */
+const SELECTOR_FIELDS = ['vendors', 'devices', 'classes', 'drivers', 'addresses', 'domains', 'numaNodes'] as const;
+
 export const selectorsSchema = z
   .object({
     vendors: listOf(hexId(4, 'vendor id')).optional(),
@@ -63,8 +66,21 @@ export const selectorsSchema = z
     numaNodes: listOf(z.number().int().min(-1)).optional(),
     /** `any` (default): a group matches when one of its endpoints matches; `all`: every endpoint must. */
     match: z.enum(['any', 'all']).default('any'),
+    /** Every group offered for passthrough: the one way to select everything, so `{}` is never a silent catch-all. */
+    all: z.literal(true, { error: 'must be true when present (all: true selects every VFIO group)' }).optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((selectors, ctx) => {
+    const named = SELECTOR_FIELDS.filter((field) => selectors[field] !== undefined);
+    if (selectors.all === true && named.length > 0) {
+      ctx.addIssue({ code: 'custom', path: ['all'], message: `all: true selects every VFIO group; remove it or ${named.join(', ')}` });
+    } else if (selectors.all !== true && named.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `must name at least one of ${SELECTOR_FIELDS.join(', ')}; to advertise every VFIO group as this resource write "selectors: { all: true }"`,
+      });
+    }
+  });
 
 const BINARY_UNITS: Record<string, number> = { '': 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, k: 1e3, K: 1e3, M: 1e6, G: 1e9, T: 1e12 };
 
@@ -75,6 +91,20 @@ export function parseByteSize(value: string | number): number | null {
   if (!m) return null;
   const bytes = Number(m[1]) * BINARY_UNITS[m[2] ?? '']!;
   return Number.isSafeInteger(bytes) && bytes > 0 ? bytes : null;
+}
+
+/** Bytes for people: `0 bytes`, `512 bytes`, `257 MiB`, `1.5 GiB` (binary units, one decimal when not whole). */
+export function formatByteSize(value: number | bigint): string {
+  const bytes = Number(value);
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  if (Math.abs(bytes) < 1024) return `${bytes} bytes`;
+  let n = bytes / 1024;
+  let unit = 0;
+  while (Math.abs(n) >= 1024 && unit < units.length - 1) {
+    n /= 1024;
+    unit += 1;
+  }
+  return `${Number.isInteger(n) ? n : n.toFixed(1)} ${units[unit]}`;
 }
 
 const byteSize = z.union([z.string(), z.number()]).transform((v, ctx) => {
@@ -205,7 +235,14 @@ export const resourceSchema = z
 
 export const configSchema = z
   .object({
-    resources: z.array(resourceSchema).min(1, 'must list at least one resource'),
+    resources: z
+      .array(resourceSchema, {
+        error: (issue) =>
+          issue.input === undefined
+            ? 'is missing: list at least one resource with its name and selectors, for example "resources: [{name: ibm.com/nvme, selectors: {classes: [\'010802\']}}]"'
+            : 'must be a list of resources, each with a name and selectors',
+      })
+      .min(1, 'must list at least one resource'),
     sysfsRoot: z.string().min(1).optional(),
     /** Root under which `proc/` lives: managed binding reads mounts and open files there (the host's with hostPID). */
     procRoot: z.string().min(1).optional(),
@@ -217,8 +254,12 @@ export const configSchema = z
     /** Where handoff-mode resources keep their per-allocation directories and sockets. */
     handoff: z
       .object({
-        /** Host directory (a hostPath of the plugin's pod). */
-        hostDir: z.string().min(1).default('/var/run/power-vfio-device-plugin'),
+        /**
+         * Host directory (a hostPath of the plugin's pod). No default here: an
+         * unnamed one defaults in settings, where the simulated node keeps it
+         * under its temporary root.
+         */
+        hostDir: z.string().min(1).optional(),
         /** Where a container sees its allocation's directory (a sub-directory per resource). */
         containerDir: z.string().regex(/^\//, 'must be an absolute path').default('/var/run/power-vfio/handoff'),
       })
@@ -245,7 +286,8 @@ export const configSchema = z
     cdi: z
       .object({
         enabled: z.boolean().default(false),
-        specDir: z.string().min(1).default('/var/run/cdi'),
+        /** Defaults in settings (/var/run/cdi; under its root on the simulated node). */
+        specDir: z.string().min(1).optional(),
       })
       .strict()
       .optional(),

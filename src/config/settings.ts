@@ -126,6 +126,8 @@ export function usage(): string {
 export interface ParsedCommandLine {
   command: 'run' | 'demo';
   values: Partial<Record<FlagName, string | boolean>>;
+  /** Where each value came from, so an error names what the operator wrote. */
+  sources: Partial<Record<FlagName, 'flag' | 'env'>>;
 }
 
 export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv): ParsedCommandLine {
@@ -147,10 +149,12 @@ export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv
   if (command !== 'run' && command !== 'demo') throw new UsageError(`Unknown command "${command}"\n\n${usage()}`);
   if (extra.length > 0) throw new UsageError(`Unexpected arguments: ${extra.join(' ')}`);
   const values: Partial<Record<FlagName, string | boolean>> = {};
+  const sources: Partial<Record<FlagName, 'flag' | 'env'>> = {};
   for (const name of Object.keys(FLAGS) as FlagName[]) {
     const fromFlag = parsed.values[name];
     if (fromFlag !== undefined) {
       values[name] = fromFlag as string | boolean;
+      sources[name] = 'flag';
       continue;
     }
     if (name === 'help') continue;
@@ -164,15 +168,56 @@ export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv
     } else {
       values[name] = fromEnv;
     }
+    sources[name] = 'env';
   }
-  return { command, values };
+  return { command, values, sources };
 }
 
+/** Options of resolveSettings beyond the values themselves. */
+export interface ResolveOptions {
+  /** Where each value came from (parseCommandLine's `sources`); errors name the variable or the flag. */
+  sources?: ParsedCommandLine['sources'];
+  /**
+   * Defaults of the paths the daemon writes or polls, used when neither a
+   * flag, the environment nor the file names them (the simulated node keeps
+   * them under its temporary root).
+   */
+  pathDefaults?: Partial<Pick<Settings, 'devicePluginDir' | 'podResourcesSocket' | 'handoffHostDir'>> & {
+    cdiSpecDir?: string;
+    /** DRA: the plugin registry directory and the parent of the driver's directory. */
+    pluginsRegistryDir?: string;
+    pluginsDir?: string;
+  };
+  /** Cancels reading the configuration file (a signal during start-up). */
+  signal?: AbortSignal;
+}
+
+/** How an error names a setting: the flag, or the environment variable it came from. */
+export function settingLabel(name: FlagName, sources: ResolveOptions['sources']): string {
+  return sources?.[name] === 'env' ? envNameOf(name) : `--${name}`;
+}
+
+// Decimal only: Number() would also take "0x10", "1e3", " " (as 0) and "".
+const DECIMAL_SECONDS = /^[0-9]+(\.[0-9]+)?$/;
+const DECIMAL_PORT = /^[0-9]{1,5}$/;
+
 function positiveSeconds(text: string, what: string): number {
-  const n = Number(text);
+  const n = DECIMAL_SECONDS.test(text) ? Number(text) : Number.NaN;
   // At least 0.1 s: a poll interval that rounds to 0 ms would rescan back to back.
-  if (!Number.isFinite(n) || n < 0.1 || n > 3600) throw new UsageError(`${what}: "${text}" is not a number of seconds in [0.1, 3600]`);
+  if (!Number.isFinite(n) || n < 0.1 || n > 3600) {
+    throw new UsageError(`${what}: "${text}" is not a number of seconds in [0.1, 3600]: write decimal seconds, for example 10 or 2.5`);
+  }
   return n;
+}
+
+/** A TCP port in decimal, or null for "off". */
+export function parseMetricsPort(text: string, what: string): number | null {
+  if (text === 'off') return null;
+  const port = DECIMAL_PORT.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isInteger(port) || port > 65535) {
+    throw new UsageError(`${what}: "${text}" is not a port number: write a decimal port in [0, 65535] (0 picks a free one) or "off"`);
+  }
+  return port;
 }
 
 /**
@@ -182,12 +227,18 @@ function positiveSeconds(text: string, what: string): number {
 export async function resolveSettings(
   values: ParsedCommandLine['values'],
   fallbackConfig?: () => FileConfig,
+  options: ResolveOptions = {},
 ): Promise<Settings> {
+  const label = (name: FlagName) => settingLabel(name, options.sources);
+  const paths = options.pathDefaults ?? {};
   const configFile = typeof values.config === 'string' ? values.config : null;
   const simulate = values.simulate === true;
   let file: FileConfig | undefined;
-  if (configFile) file = await loadConfigFile(configFile);
-  else if (fallbackConfig) file = fallbackConfig();
+  if (configFile !== null) {
+    file = await loadConfigFile(configFile, { setting: label('config'), ...(options.signal ? { signal: options.signal } : {}) });
+  } else if (fallbackConfig) {
+    file = fallbackConfig();
+  }
   if (!file) {
     throw new ConfigError('No configuration: pass --config <file> (or PVDP_CONFIG) naming the resources to advertise', [
       'config: required',
@@ -196,22 +247,22 @@ export async function resolveSettings(
   const str = (name: FlagName) => (typeof values[name] === 'string' ? (values[name] as string) : undefined);
   const level = str('log-level') ?? file.logLevel ?? 'info';
   if (!LOG_LEVELS.includes(level as LogLevel)) {
-    throw new UsageError(`--log-level: "${level}" is not one of ${LOG_LEVELS.join(', ')}`);
+    throw new UsageError(`${label('log-level')}: "${level}" is not one of ${LOG_LEVELS.join(', ')}`);
   }
   // Normal, absolute form: socket names are derived from it and the kubelet gets their base names.
-  const devicePluginDir = resolve(str('device-plugin-dir') ?? file.devicePluginDir ?? DEFAULT_DEVICE_PLUGIN_DIR);
+  const devicePluginDir = resolve(str('device-plugin-dir') ?? file.devicePluginDir ?? paths.devicePluginDir ?? DEFAULT_DEVICE_PLUGIN_DIR);
   const socketProblem = socketPathProblem(devicePluginDir, file.resources.map((r) => r.name));
-  if (socketProblem) throw new ConfigError(`Invalid --device-plugin-dir: ${socketProblem}`, [`device-plugin-dir: ${socketProblem}`]);
-  const handoffHostDir = resolve(str('handoff-dir') ?? file.handoff?.hostDir ?? DEFAULT_HANDOFF_HOST_DIR);
+  if (socketProblem) throw new ConfigError(`Invalid ${label('device-plugin-dir')}: ${socketProblem}`, [`device-plugin-dir: ${socketProblem}`]);
+  const handoffHostDir = resolve(str('handoff-dir') ?? file.handoff?.hostDir ?? paths.handoffHostDir ?? DEFAULT_HANDOFF_HOST_DIR);
   // Each preparation's socket lives at <dir>/alloc-<16 hex>/sock/handoff.sock: refuse at start, not per pod.
   const handoffSocket = join(handoffHostDir, `alloc-${'0'.repeat(16)}`, HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME);
   if (file.resources.some((r) => r.preparation.mode === 'handoff') && Buffer.byteLength(handoffSocket) > MAX_SOCKET_PATH) {
     const problem = `handoff sockets under ${handoffHostDir} would be ${Buffer.byteLength(handoffSocket)} bytes long; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a directory of at most ${MAX_SOCKET_PATH - (Buffer.byteLength(handoffSocket) - Buffer.byteLength(handoffHostDir))} bytes`;
-    throw new ConfigError(`Invalid --handoff-dir: ${problem}`, [`handoff-dir: ${problem}`]);
+    throw new ConfigError(`Invalid ${label('handoff-dir')}: ${problem}`, [`handoff-dir: ${problem}`]);
   }
   const handoffContainerDir = str('handoff-container-dir') ?? file.handoff?.containerDir ?? DEFAULT_HANDOFF_CONTAINER_DIR;
   if (!isAbsolute(handoffContainerDir)) {
-    throw new UsageError(`--handoff-container-dir: "${handoffContainerDir}" must be an absolute path`);
+    throw new UsageError(`${label('handoff-container-dir')}: "${handoffContainerDir}" must be an absolute path`);
   }
   // The path the pod connects to must fit too: <containerDir>/<resource>/handoff.sock.
   for (const r of file.resources.filter((x) => x.preparation.mode === 'handoff')) {
@@ -221,21 +272,14 @@ export async function resolveSettings(
       throw new ConfigError(`Invalid handoff settings: ${problem}`, [`handoff.containerDir: ${problem}`]);
     }
   }
-  const metricsPortText = str('metrics-port') ?? '9101';
-  let metricsPort: number | null = null;
-  if (metricsPortText !== 'off') {
-    metricsPort = Number(metricsPortText);
-    if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65535) {
-      throw new UsageError(`--metrics-port: "${metricsPortText}" is not a port number or "off"`);
-    }
-  }
-  const dra = resolveDraSettings(str, file);
+  const metricsPort = parseMetricsPort(str('metrics-port') ?? '9101', label('metrics-port'));
+  const dra = resolveDraSettings(str, file, label, paths);
   const managed = file.resources.findIndex((r) => r.binding?.mode === 'managed');
   if (managed >= 0 && dra.kubeletApi !== 'dra') {
     const problem = `${file.resources[managed]!.name} asks for managed binding, which needs the DRA front end (--kubelet-api dra): the device plugin API has no prepare step to rebind in`;
     throw new ConfigError(`Invalid configuration: ${problem}`, [`resources[${managed}].binding.mode: ${problem}`]);
   }
-  const pollSeconds = str('poll-interval') !== undefined ? positiveSeconds(str('poll-interval')!, '--poll-interval') : (file.pollIntervalSeconds ?? 10);
+  const pollSeconds = str('poll-interval') !== undefined ? positiveSeconds(str('poll-interval')!, label('poll-interval')) : (file.pollIntervalSeconds ?? 10);
   return {
     configFile,
     kubeletApi: dra.kubeletApi,
@@ -244,11 +288,11 @@ export async function resolveSettings(
     procRoot: file.procRoot ?? '/',
     devRoot: str('dev-root') ?? file.devRoot ?? '/',
     devicePluginDir,
-    podResourcesSocket: str('pod-resources-socket') ?? file.podResourcesSocket ?? DEFAULT_POD_RESOURCES_SOCKET,
+    podResourcesSocket: str('pod-resources-socket') ?? file.podResourcesSocket ?? paths.podResourcesSocket ?? DEFAULT_POD_RESOURCES_SOCKET,
     pollIntervalMs: Math.round(pollSeconds * 1000),
     logLevel: level as LogLevel,
     simulate,
-    cdiSpecDir: (values.cdi ?? file.cdi?.enabled ?? false) ? (str('cdi-spec-dir') ?? file.cdi?.specDir ?? '/var/run/cdi') : null,
+    cdiSpecDir: (values.cdi ?? file.cdi?.enabled ?? false) ? (str('cdi-spec-dir') ?? file.cdi?.specDir ?? paths.cdiSpecDir ?? '/var/run/cdi') : null,
     nodeName: str('node-name') ?? (process.env.NODE_NAME || null),
     kubeconfig: str('kubeconfig') ?? null,
     metricsPort,
@@ -263,18 +307,20 @@ export async function resolveSettings(
 function resolveDraSettings(
   str: (name: FlagName) => string | undefined,
   file: FileConfig,
+  label: (name: FlagName) => string,
+  paths: NonNullable<ResolveOptions['pathDefaults']>,
 ): { kubeletApi: KubeletApi; settings: DraSettings } {
   const api = str('kubelet-api') ?? file.kubeletApi ?? 'device-plugin';
   if (api !== 'device-plugin' && api !== 'dra') {
-    throw new UsageError(`--kubelet-api: "${api}" is not one of device-plugin, dra`);
+    throw new UsageError(`${label('kubelet-api')}: "${api}" is not one of device-plugin, dra`);
   }
   const driverName = str('driver-name') ?? file.dra?.driverName ?? DEFAULT_DRIVER_NAME;
   // The driver name is also the vendor of the per-claim CDI specs (`<driver>/vfio=<device>`).
   const nameProblem = driverNameProblem(driverName) ?? cdiKindProblem(`${driverName}/vfio`);
-  if (nameProblem) throw new ConfigError(`Invalid --driver-name: ${nameProblem}`, [`driver-name: ${nameProblem}`]);
-  const registryDir = resolve(str('plugins-registry-dir') ?? file.dra?.pluginsRegistryDir ?? DEFAULT_PLUGINS_REGISTRY_DIR);
-  const driverDir = join(resolve(str('plugins-dir') ?? file.dra?.pluginsDir ?? DEFAULT_PLUGINS_DIR), driverName);
-  const cdiSpecDir = resolve(str('cdi-spec-dir') ?? file.cdi?.specDir ?? '/var/run/cdi');
+  if (nameProblem) throw new ConfigError(`Invalid ${label('driver-name')}: ${nameProblem}`, [`driver-name: ${nameProblem}`]);
+  const registryDir = resolve(str('plugins-registry-dir') ?? file.dra?.pluginsRegistryDir ?? paths.pluginsRegistryDir ?? DEFAULT_PLUGINS_REGISTRY_DIR);
+  const driverDir = join(resolve(str('plugins-dir') ?? file.dra?.pluginsDir ?? paths.pluginsDir ?? DEFAULT_PLUGINS_DIR), driverName);
+  const cdiSpecDir = resolve(str('cdi-spec-dir') ?? file.cdi?.specDir ?? paths.cdiSpecDir ?? '/var/run/cdi');
   if (api === 'dra') {
     for (const [flag, socket] of [
       ['plugins-registry-dir', join(registryDir, registrationSocketName(driverName))],
@@ -282,7 +328,7 @@ function resolveDraSettings(
     ] as const) {
       if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
         const problem = `the socket path ${socket} is ${Buffer.byteLength(socket)} bytes; unix socket paths are limited to ${MAX_SOCKET_PATH}: use a shorter directory`;
-        throw new ConfigError(`Invalid --${flag}: ${problem}`, [`${flag}: ${problem}`]);
+        throw new ConfigError(`Invalid ${label(flag)}: ${problem}`, [`${flag}: ${problem}`]);
       }
     }
   }

@@ -90,7 +90,9 @@ export class DevicePluginServer {
     this.options = options;
     this.resourceName = options.resourceName;
     this.socketPath = options.socketPath;
-    this.logger = (options.logger ?? silentLogger()).child({ resource: options.resourceName });
+    const base = options.logger ?? silentLogger();
+    // A logger already bound to this resource (the plugin manager's) must not bind it again: pino would print the key twice.
+    this.logger = base.bindings().resource === options.resourceName ? base : base.child({ resource: options.resourceName });
   }
 
   /** Number of ListAndWatch streams open now. */

@@ -81,6 +81,8 @@ class ResourceEndpoint {
   private flapDelay = 0;
   private flapTimer: NodeJS.Timeout | null = null;
   private watchdog: NodeJS.Timeout | null = null;
+  /** Aborted by close(): a Register call in flight is cancelled rather than waited out. */
+  private readonly closing = new AbortController();
   registrations = 0;
 
   constructor(
@@ -140,6 +142,8 @@ class ResourceEndpoint {
     }
     let kubelet: string | null = null;
     try {
+      // No directory yet (the kubelet creates it): nothing to serve in, nothing to report per resource.
+      if (!(await this.manager.noteDirectory())) return this.retryQuietly();
       if (!this.server.running || !(await this.server.socketPresent())) {
         await this.server.stop();
         if (this.closed) return;
@@ -147,8 +151,10 @@ class ResourceEndpoint {
       }
       if (this.closed) return;
       kubelet = await fileIdentity(this.kubeletSocket);
+      // Serving, and the kubelet is not up: the manager says so once; its watch registers us when it comes.
       if (kubelet === null) {
-        throw new Error(`the kubelet socket ${this.kubeletSocket} does not exist yet`);
+        this.manager.noteWaiting('kubelet');
+        return this.retryQuietly();
       }
       this.generation += 1;
       this.server.streamTag = this.generation;
@@ -161,12 +167,14 @@ class ResourceEndpoint {
           get_preferred_allocation_available: true,
         },
         timeoutMs: this.opts.registerTimeoutMs,
+        signal: this.closing.signal,
       });
       this.registeredKubelet = kubelet;
       this.failedKubelet = null;
       this.registrations += 1;
       this.registeredAt = Date.now();
       this.retryDelay = this.opts.retryMinMs;
+      this.manager.noteWaiting(null);
       this.logger.info({ reason, registrations: this.registrations }, 'Registered with the kubelet');
       this.opts.onRegistered?.(this.resource.name, reason);
       this.armWatchdog();
@@ -184,14 +192,35 @@ class ResourceEndpoint {
     }
   }
 
+  /** Tries again later without a warning: what is awaited was said once by the manager. */
+  private retryQuietly(): void {
+    this.registeredKubelet = null;
+    this.failedKubelet = null;
+    if (this.closed) return;
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(this.retryDelay * 2, this.opts.retryMaxMs);
+    this.logger.debug({ retryInMs: delay }, 'Not registered yet; checking again');
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      void this.ensure('retry');
+    }, delay);
+  }
+
   /** Compares what is on disk with what we registered with. */
   async check(): Promise<void> {
     if (this.closed || this.running) return;
-    if (this.server.running && !(await this.server.socketPresent())) {
-      void this.ensure('our socket was removed (kubelet restart)');
-      return;
+    if (this.server.running) {
+      const present = await this.server.socketPresent();
+      if (this.closed || this.running) return;
+      if (!present) {
+        void this.ensure('our socket was removed (kubelet restart)');
+        return;
+      }
     }
     const kubelet = await fileIdentity(this.kubeletSocket);
+    // A registration that started while we looked settles it; acting on what we
+    // read before it would queue a second one right behind it.
+    if (this.closed || this.running) return;
     // A kubelet socket we have not registered with, and have not just failed
     // against (that one is retried with backoff), is worth trying now.
     if (kubelet !== null && kubelet !== this.registeredKubelet && kubelet !== this.failedKubelet) {
@@ -237,6 +266,7 @@ class ResourceEndpoint {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.closing.abort();
     if (this.flapTimer) clearTimeout(this.flapTimer);
     if (this.watchdog) clearTimeout(this.watchdog);
     this.flapTimer = null;
@@ -259,6 +289,8 @@ export class PluginManager {
   private kubeletIdentity: string | null = null;
   private readonly inventory: Inventory;
   private state: InventoryState;
+  /** What registration waits for, said once per change. */
+  private waiting: 'directory' | 'kubelet' | null = null;
 
   constructor(options: PluginManagerOptions) {
     this.options = options;
@@ -343,6 +375,39 @@ export class PluginManager {
     };
   }
 
+  /** Checks the device-plugins directory exists; says once when it does not. */
+  async noteDirectory(): Promise<boolean> {
+    try {
+      await stat(this.options.pluginDir);
+      if (this.waiting === 'directory') this.noteWaiting(null);
+      return true;
+    } catch {
+      this.noteWaiting('directory');
+      return false;
+    }
+  }
+
+  /** Logs what registration waits for once per change, instead of a warning per resource and retry. */
+  noteWaiting(state: 'directory' | 'kubelet' | null): void {
+    if (state === this.waiting) return;
+    this.waiting = state;
+    if (state === null) return;
+    const dir = this.options.pluginDir;
+    if (state === 'directory') {
+      this.logger.warn({ dir }, 'Waiting for the kubelet: the device-plugins directory does not exist yet (the kubelet creates it when it starts)');
+    } else {
+      this.logger.info({ socket: join(dir, KUBELET_SOCKET_NAME) }, 'Waiting for the kubelet: serving, and registering as soon as its socket appears');
+    }
+  }
+
+  /** Why nothing is registered yet, for /readyz; null when nothing is awaited. */
+  waitingFor(): string | null {
+    const dir = this.options.pluginDir;
+    if (this.waiting === 'directory') return `The device-plugins directory ${dir} does not exist yet (the kubelet creates it when it starts)`;
+    if (this.waiting === 'kubelet') return `No kubelet socket at ${join(dir, KUBELET_SOCKET_NAME)} yet: waiting for the kubelet`;
+    return null;
+  }
+
   /** Notices a new kubelet once, whichever resource sees it first. */
   private async checkKubelet(): Promise<void> {
     const identity = await fileIdentity(join(this.options.pluginDir, KUBELET_SOCKET_NAME));
@@ -376,6 +441,8 @@ export class PluginManager {
         this.watcher = null;
       });
     } catch (err) {
+      // A missing directory is said once by noteDirectory; the poll keeps trying.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       this.logger.warn({ dir: this.options.pluginDir, err: (err as Error).message }, 'Cannot watch the device-plugins directory yet');
     }
   }

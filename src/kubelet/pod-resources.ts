@@ -150,7 +150,10 @@ export class PodResourcesPoller {
       this.failures += 1;
       const backoff = Math.min(interval * 2 ** Math.min(this.failures, 10), this.options.maxBackoffMs ?? 60_000);
       const fields = { failures: this.failures, retryInMs: backoff, err: (err as Error).message };
-      if (this.failures === 1) this.logger.warn(fields, 'PodResources List failed; unclaimed handoffs are released by their timeout meanwhile');
+      // No socket at all is a kubelet not up yet (or none, on the simulated node): expected, not a fault.
+      const absent = /\bENOENT\b/.test(fields.err);
+      if (this.failures === 1 && absent) this.logger.info(fields, 'Waiting for the kubelet: no PodResources socket yet; unclaimed handoffs are released by their timeout meanwhile');
+      else if (this.failures === 1) this.logger.warn(fields, 'PodResources List failed; unclaimed handoffs are released by their timeout meanwhile');
       else this.logger.debug(fields, 'PodResources List failed again');
       this.schedule(backoff);
       return;

@@ -14,6 +14,8 @@ export interface RegistrationRequest {
   options: DevicePluginOptions;
   /** Whole-call deadline; the kubelet itself allows 10 s for its dial back. */
   timeoutMs?: number;
+  /** Cancels the call (shutdown must not wait out a kubelet that does not answer). */
+  signal?: AbortSignal;
 }
 
 export async function registerWithKubelet(request: RegistrationRequest): Promise<void> {
@@ -22,7 +24,7 @@ export async function registerWithKubelet(request: RegistrationRequest): Promise
   const deadline = Date.now() + (request.timeoutMs ?? 15_000);
   try {
     await new Promise<void>((resolve, reject) => {
-      client.Register(
+      const call = client.Register(
         {
           version: DEVICE_PLUGIN_API_VERSION,
           endpoint: request.endpoint,
@@ -30,8 +32,15 @@ export async function registerWithKubelet(request: RegistrationRequest): Promise
           options: request.options,
         },
         { deadline },
-        (err) => (err ? reject(err) : resolve()),
+        (err) => {
+          request.signal?.removeEventListener('abort', cancel);
+          if (err) reject(err);
+          else resolve();
+        },
       );
+      const cancel = () => call.cancel();
+      if (request.signal?.aborted) cancel();
+      else request.signal?.addEventListener('abort', cancel, { once: true });
     });
   } catch (err) {
     const e = err as grpc.ServiceError;

@@ -12,6 +12,8 @@ import type { ReporterStatus } from './node-reporter.js';
 export interface ReadinessInput {
   /** The first discovery of the node's IOMMU groups finished. */
   discoveryDone: boolean;
+  /** What registration waits for (the kubelet, its directory), one sentence; null when nothing. */
+  waitingFor?: string | null;
   /** Every configured resource and whether the kubelet currently has it registered. */
   resources: ReadonlyArray<{ name: string; registered: boolean }>;
   /** Node reporting, shown for information only. */
@@ -33,6 +35,7 @@ export interface ReadinessReport {
 export function readiness(input: ReadinessInput): ReadinessReport {
   const missing: string[] = [];
   if (!input.discoveryDone) missing.push('The first discovery of IOMMU groups has not finished');
+  if (input.waitingFor) missing.push(input.waitingFor);
   for (const resource of input.resources) {
     if (!resource.registered) missing.push(`Resource ${resource.name} is not registered with the kubelet`);
   }

@@ -32,6 +32,8 @@ export interface DiscoverOptions {
   logger?: Logger;
   /** Groups scanned at once; the default keeps libuv's pool busy without flooding it. */
   concurrency?: number;
+  /** Ends the scan between groups (shutdown during a long scan); the promise rejects with the reason. */
+  signal?: AbortSignal;
 }
 
 export interface GroupScanResult {
@@ -78,12 +80,13 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Run `fn` over `items` with at most `limit` in flight; results keep the input order. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+/** Run `fn` over `items` with at most `limit` in flight; results keep the input order. An aborted `signal` stops taking items. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>, signal?: AbortSignal): Promise<R[]> {
   const results = new Array<R>(items.length);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < items.length) {
+      signal?.throwIfAborted();
       const i = next++;
       results[i] = await fn(items[i] as T);
     }
@@ -468,11 +471,15 @@ export async function listGroupIds(roots: DiscoveryRoots): Promise<GroupListing>
 export async function discoverTopology(roots: DiscoveryRoots, options: DiscoverOptions = {}): Promise<Topology> {
   const log = options.logger ?? silentLogger();
   const started = performance.now();
+  options.signal?.throwIfAborted();
   const [listing, dev] = await Promise.all([listGroupIds(roots), listVfioDevNodes(roots)]);
   const issues: DiscoveryIssue[] = [...listing.issues];
   const groups = new Map<number, IommuGroup>();
-  const results = await mapLimit(listing.ids, options.concurrency ?? DEFAULT_CONCURRENCY, (id) =>
-    scanGroup(roots, id, dev.groups.has(id)),
+  const results = await mapLimit(
+    listing.ids,
+    options.concurrency ?? DEFAULT_CONCURRENCY,
+    (id) => scanGroup(roots, id, dev.groups.has(id)),
+    options.signal,
   );
   for (const r of results) {
     issues.push(...r.issues);

@@ -17,10 +17,15 @@ function codeOf(err: NodeJS.ErrnoException): string {
   return err.code ?? 'EUNKNOWN';
 }
 
-/** Read a whole small attribute in one read() (sysfs serves it in one go). */
+/**
+ * Read a whole small attribute in one read() (sysfs serves it in one go).
+ * O_NONBLOCK: sysfs ignores it, but a FIFO in a tree given as --sysfs-root
+ * would otherwise hold a libuv thread in open() for good, and with it
+ * discovery and the process's exit (libuv joins its threads at exit).
+ */
 export function readAttr(path: string): Promise<ReadResult> {
   return new Promise((resolve) => {
-    open(path, constants.O_RDONLY, (err, fd) => {
+    open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY, (err, fd) => {
       if (err !== null) {
         resolve({ ok: false, code: codeOf(err) });
         return;

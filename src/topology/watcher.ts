@@ -117,6 +117,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   #pendingContainer = false;
   #started = false;
   #stopped = false;
+  /** Aborted by stop(): a scan in flight ends between groups instead of finishing a large node. */
+  #abort = new AbortController();
   #stats: TopologyWatcherStats = { fullScans: 0, polls: 0, groupRescans: 0, recentRescans: [], uevents: 0, ueventsActive: false };
 
   constructor(roots: DiscoveryRoots, options: TopologyWatcherOptions = {}) {
@@ -137,6 +139,8 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     if (this.#started) return this.#topology;
     this.#started = true;
     this.#stopped = false;
+    if (this.#abort.signal.aborted) this.#abort = new AbortController();
+    this.#log.debug({ sysfsRoot: this.#roots.sysfsRoot }, 'First scan of the IOMMU groups');
     // Listen before the first scan: an event during the scan queues a rescan behind it.
     await this.#startUevents();
     try {
@@ -171,6 +175,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   async stop(): Promise<void> {
     this.#stopped = true;
     this.#started = false;
+    this.#abort.abort(new Error('The topology watcher stopped'));
     if (this.#pollTimer !== null) clearTimeout(this.#pollTimer);
     if (this.#debounceTimer !== null) clearTimeout(this.#debounceTimer);
     this.#pollTimer = null;
@@ -197,7 +202,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   /** Fingerprint first, then scan: a change in between shows up as a stale fingerprint on the next poll. */
   async #fullScan(emit: boolean): Promise<TopologyChange> {
     const prints = await this.#fingerprintAll();
-    const next = await discoverTopology(this.#roots, { logger: this.#log, concurrency: this.#concurrency });
+    const next = await discoverTopology(this.#roots, { logger: this.#log, concurrency: this.#concurrency, signal: this.#abort.signal });
     this.#stats.fullScans++;
     this.#fingerprints = prints;
     this.#groups = new Map(next.groups);
@@ -222,7 +227,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   async #fingerprintAll(): Promise<Map<number, string>> {
     const [listing, dev] = await Promise.all([listGroupIds(this.#roots), listVfioDevNodes(this.#roots)]);
     const ids = [...new Set([...listing.ids, ...dev.groups])];
-    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)));
+    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)), this.#abort.signal);
     const map = new Map<number, string>();
     ids.forEach((id, i) => {
       const p = prints[i];
@@ -242,7 +247,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#stats.polls++;
     const [listing, dev] = await Promise.all([listGroupIds(this.#roots), listVfioDevNodes(this.#roots)]);
     const ids = [...new Set([...listing.ids, ...dev.groups, ...this.#fingerprints.keys(), ...this.#groups.keys()])];
-    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)));
+    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)), this.#abort.signal);
     const dirty: number[] = [];
     const fresh = new Map<number, string | null>();
     ids.forEach((id, i) => {
@@ -316,7 +321,9 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
         await this.#armWatches();
         await this.#poll();
       })
-        .catch((err: unknown) => this.#log.error({ err }, 'Topology poll failed; retrying at the next interval'))
+        .catch((err: unknown) => {
+          if (!this.#stopped) this.#log.error({ err }, 'Topology poll failed; retrying at the next interval');
+        })
         .finally(() => this.#schedulePoll());
       // With kernel uevents announcing changes, the safety poll only has to catch what they miss.
     }, this.#uevents !== null ? this.#ueventPollIntervalMs : this.#pollIntervalMs);

@@ -49,7 +49,7 @@ describe('npm run bench --quick', () => {
     expect(report.machine.cores).toBeGreaterThan(0);
     expect(report.machine.memoryBytes).toBeGreaterThan(0);
     expect(typeof report.machine.cpuModel).toBe('string');
-    expect(report.benchmarks.map((b: { name: string }) => b.name)).toEqual(['discovery', 'kubelet', 'health', 'footprint', 'preparation']);
+    expect(report.benchmarks.map((b: { name: string }) => b.name)).toEqual(['discovery', 'kubelet', 'health', 'footprint', 'preparation', 'dra']);
     for (const b of report.benchmarks) {
       expect(b.ok, `${b.name}: ${b.error}`).toBe(true);
       expect(b.figures.length, b.name).toBeGreaterThan(0);

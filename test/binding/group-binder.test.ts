@@ -125,7 +125,7 @@ describe('binding configuration', () => {
   it('reads the short form and defaults the timeout; static is the default', () => {
     expect(parseConfig(resource('static'), 'test').resources[0]!.binding).toEqual({ mode: 'static', timeoutSeconds: 30 });
     expect(parseConfig(resource({ mode: 'managed', allowedDrivers: ['nvme'] }), 'test').resources[0]!.binding).toEqual({ mode: 'managed', allowedDrivers: ['nvme'], timeoutSeconds: 30 });
-    expect(parseConfig({ resources: [{ name: 'ibm.com/nvme', selectors: {} }] }, 'test').resources[0]!.binding).toBeUndefined();
+    expect(parseConfig({ resources: [{ name: 'ibm.com/nvme', selectors: { classes: ['010802'] } }] }, 'test').resources[0]!.binding).toBeUndefined();
   });
 
   it('refuses what it cannot honour, naming the field', () => {

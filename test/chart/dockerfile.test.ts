@@ -137,7 +137,7 @@ describe('Dockerfile', () => {
 
   it("starts the file `npm run build` produces for the plugin's bin, and carries every bin of package.json", () => {
     const { rootDir, outDir } = tsconfig.compilerOptions;
-    expect(pkg.bin['power-vfio-device-plugin']).toBe('dist/cli/main.js');
+    expect(pkg.bin['power-vfio-device-plugin']).toBe('dist/cli/entry.js');
     for (const [name, target] of Object.entries(pkg.bin)) {
       // tsc maps <rootDir>/x.ts to <outDir>/x.js: the source must exist.
       expect(target.startsWith(`${outDir}/`), `${name} -> ${target} is under ${outDir}/`).toBe(true);

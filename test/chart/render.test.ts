@@ -2,11 +2,11 @@
 // realistic values file in charts/power-vfio-device-plugin/ci/, and the
 // configuration file it renders is one the plugin's own parser accepts.
 import { basename, join } from 'node:path';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseConfig, parseConfigText } from '../../src/config/load.js';
-import { FLAGS, envNameOf } from '../../src/config/settings.js';
+import { FLAGS, envNameOf, parseCommandLine, resolveSettings } from '../../src/config/settings.js';
 import { pciResourceEnvName, vfioGroupsEnvName } from '../../src/inventory/advertised.js';
 import { HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { MAX_SOCKET_PATH } from '../../src/kubelet/socket-path.js';
@@ -157,8 +157,11 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(Object.keys(cm.data)).toEqual(['config.yaml']);
       const { config, cdi, handoff } = parseRenderedConfig(cm.data['config.yaml']!);
       // Both sides through the project's parser: the chart dropped, added and re-typed nothing.
-      const cdiValues = { enabled: values.cdi.enabled, specDir: values.cdi.specDir };
-      const handoffValues = { hostDir: values.handoff.hostDir, containerDir: values.handoff.containerDir };
+      // Simulated, the file names no host directory: the plugin keeps them under its temporary root.
+      const cdiValues = values.simulate ? { enabled: values.cdi.enabled } : { enabled: values.cdi.enabled, specDir: values.cdi.specDir };
+      const handoffValues = values.simulate
+        ? { containerDir: values.handoff.containerDir }
+        : { hostDir: values.handoff.hostDir, containerDir: values.handoff.containerDir };
       expect(cdi).toEqual(cdiValues);
       expect(handoff).toEqual(handoffValues);
       expect(config).toEqual(parseConfig({ resources: values.config.resources, handoff: handoffValues, cdi: cdiValues }, 'values'));
@@ -181,7 +184,7 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       expect(env(ds, 'PVDP_SIMULATE')).toBe(values.simulate ? 'true' : undefined);
     });
 
-    it('mounts the handoff host directory at the same path in the plugin as on the host, and the plugin uses it', async () => {
+    it.skipIf(values.simulate)('mounts the handoff host directory at the same path in the plugin as on the host, and the plugin uses it', async () => {
       const objects = renderChart(files);
       const ds = find<DaemonSetShape>(objects, 'DaemonSet');
       const hostDir = values.handoff.hostDir as string;
@@ -198,6 +201,30 @@ describe.skipIf(!setup.helm)(`chart with ${setup.version ?? 'helm'}`, () => {
       // The longest socket the plugin makes there fits a unix socket path.
       expect(Buffer.byteLength(join(hostDir, 'alloc-0123456789abcdef', HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME))).toBeLessThanOrEqual(MAX_SOCKET_PATH);
       if (values.cdi.enabled) expect(mount(ds, values.cdi.specDir).volume.hostPath?.path).toBe(values.cdi.specDir);
+    });
+
+    it.runIf(values.simulate)('simulated, mounts no host path but the device-plugins directory, and the plugin writes and polls only under its temporary root', async () => {
+      const objects = renderChart(files);
+      const ds = find<DaemonSetShape>(objects, 'DaemonSet');
+      const hostPaths = ds.spec.template.spec.volumes.filter((v) => v.hostPath).map((v) => v.hostPath!.path);
+      expect(hostPaths).toEqual([values.kubelet.devicePluginDir]);
+      for (const name of ['PVDP_HANDOFF_DIR', 'PVDP_POD_RESOURCES_SOCKET', 'PVDP_CDI_SPEC_DIR', 'PVDP_SYSFS_ROOT']) expect(env(ds, name), name).toBeUndefined();
+      // The plugin's own settings from the rendered file and env, with the simulated node's root as main.ts gives it.
+      const cm = find<ConfigMapShape>(objects, 'ConfigMap');
+      const configFile = join(scratch, `${basename(file ?? 'default')}-sim.yaml`);
+      // CDI turned on in the file as rendered, to see where its specs would go.
+      writeFileSync(configFile, cm.data['config.yaml']!.replace('enabled: false', 'enabled: true'));
+      const envs: NodeJS.ProcessEnv = { PVDP_CONFIG: configFile };
+      for (const e of container(ds).env) if (e.value !== undefined && e.name.startsWith('PVDP_') && e.name !== 'PVDP_CONFIG') envs[e.name] = e.value;
+      const root = '/tmp/pvdp-sim-chart';
+      const settings = await resolveSettings(parseCommandLine([], envs).values, undefined, {
+        pathDefaults: { handoffHostDir: `${root}/handoff`, podResourcesSocket: `${root}/pr.sock`, cdiSpecDir: `${root}/cdi`, devicePluginDir: `${root}/dp` },
+      });
+      expect(settings.simulate).toBe(true);
+      expect(settings.handoffHostDir).toBe(`${root}/handoff`);
+      expect(settings.podResourcesSocket).toBe(`${root}/pr.sock`);
+      expect(settings.cdiSpecDir).toBe(`${root}/cdi`);
+      expect(settings.devicePluginDir).toBe(values.kubelet.devicePluginDir);
     });
 
     it('serves metrics, /healthz and /readyz on one named port that the Service targets', () => {

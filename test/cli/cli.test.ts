@@ -117,6 +117,9 @@ describe('command line', () => {
     expect(r.stdout()).toMatch(/Discovered IOMMU groups/);
     expect(r.stdout()).toMatch(/PCI_RESOURCE_IBM_COM_GPU=/);
     expect(r.stdout()).toMatch(/re-registered/);
+    // Measured after the pod's exit, in units a person reads.
+    expect(r.stdout()).toMatch(/while the pod ran, the plugin held 257 MiB locked for it/);
+    expect(r.stdout()).toMatch(/the pod exits: the kernel releases everything; the plugin holds 0 bytes locked, group 6 opens again: yes/);
     expect(code).toBe(0);
   }, 60_000);
 });

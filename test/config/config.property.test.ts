@@ -132,6 +132,9 @@ const validResourceBody = fc.record({
       match: fc.constantFrom('any', 'all'),
     },
     { requiredKeys: [] },
+  ).map((sel) =>
+    // Selectors that name nothing are refused; selecting everything is said explicitly.
+    ['vendors', 'classes', 'domains', 'numaNodes'].some((k) => k in sel) ? sel : { all: true as const, domains: undefined },
   ),
   preparation: fc.oneof(
     fc.record({ mode: fc.constantFrom('none', 'verify') }),

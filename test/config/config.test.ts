@@ -53,17 +53,17 @@ resources:
   });
 
   it('refuses duplicate resource names, reserved domains, empty lists and YAML syntax errors', () => {
-    expect(problemsOf('resources:\n  - {name: a.com/x, selectors: {}}\n  - {name: a.com/x, selectors: {}}\n')).toEqual([
+    expect(problemsOf('resources:\n  - {name: a.com/x, selectors: {all: true}}\n  - {name: a.com/x, selectors: {all: true}}\n')).toEqual([
       'resources[1].name: duplicates resources[0].name "a.com/x"',
     ]);
-    expect(problemsOf('resources: [{name: kubernetes.io/x, selectors: {}}]')[0]).toMatch(/reserved/);
+    expect(problemsOf('resources: [{name: kubernetes.io/x, selectors: {all: true}}]')[0]).toMatch(/reserved/);
     expect(problemsOf('resources: [{name: a.com/x, selectors: {vendors: []}}]')[0]).toMatch(
       /^resources\[0\]\.selectors\.vendors: must list at least one value/,
     );
     expect(problemsOf('resources: []')[0]).toMatch(/^resources: must list at least one resource/);
     expect(problemsOf('resources: [ {name: a.com/x')[0]).toMatch(/^line \d+, column \d+/);
-    expect(problemsOf('resources:\n  - name: a.com/x\n    name: a.com/y\n    selectors: {}\n')[0]).toMatch(/line 3/);
-    expect(problemsOf('')[0]).toMatch(/^resources: /);
+    expect(problemsOf('resources:\n  - name: a.com/x\n    name: a.com/y\n    selectors: {all: true}\n')[0]).toMatch(/line 3/);
+    expect(problemsOf('')[0]).toMatch(/^\(top level\): configuration is empty: it must contain a "resources:" list/);
   });
 
   it('refuses a bare number as a PCI domain (YAML reads 0030 as 30), an alias bomb, and CDI-unsafe names with CDI on', () => {
@@ -72,13 +72,13 @@ resources:
     );
     const bomb = ['a: &a [x, x, x, x, x, x, x, x, x]'];
     for (let i = 0; i < 12; i++) bomb.push(`${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}]`);
-    bomb.push('resources: [{name: a.com/x, selectors: {}}]');
+    bomb.push('resources: [{name: a.com/x, selectors: {all: true}}]');
     expect(problemsOf(bomb.join('\n'))[0]).toMatch(/^YAML: /);
-    expect(problemsOf('cdi: {enabled: true}\nresources: [{name: a.com/nvme.v2, selectors: {}}, {name: 9a.com/x, selectors: {}}]')).toEqual([
+    expect(problemsOf('cdi: {enabled: true}\nresources: [{name: a.com/nvme.v2, selectors: {all: true}}, {name: 9a.com/x, selectors: {all: true}}]')).toEqual([
       expect.stringMatching(/^resources\[0\]\.name: with cdi enabled the name "nvme\.v2"/),
       expect.stringMatching(/^resources\[1\]\.name: with cdi enabled the domain "9a\.com"/),
     ]);
-    expect(parseConfigText('resources: [{name: a.com/nvme.v2, selectors: {}}]').resources).toHaveLength(1);
+    expect(parseConfigText('resources: [{name: a.com/nvme.v2, selectors: {all: true}}]').resources).toHaveLength(1);
   });
 
   it('validates resource names as the kubelet does', () => {
@@ -90,7 +90,7 @@ resources:
   });
 
   it('reports an unreadable file with its path', async () => {
-    await expect(loadConfigFile('/nonexistent/pvdp.yaml')).rejects.toThrow(/\/nonexistent\/pvdp\.yaml: ENOENT/);
+    await expect(loadConfigFile('/nonexistent/pvdp.yaml')).rejects.toThrow('Configuration file /nonexistent/pvdp.yaml cannot be opened (ENOENT): check the path given with --config');
   });
 
   it('the simulated node configuration is valid', () => {
@@ -103,7 +103,7 @@ describe('flags and environment', () => {
     const dir = await mkdtemp('/tmp/pvdp-');
     try {
       const file = join(dir, 'c.yaml');
-      await writeFile(file, 'pollIntervalSeconds: 3\nsysfsRoot: /from-file\nresources: [{name: a.com/x, selectors: {}}]\n');
+      await writeFile(file, 'pollIntervalSeconds: 3\nsysfsRoot: /from-file\nresources: [{name: a.com/x, selectors: {all: true}}]\n');
       const cli = parseCommandLine(['--config', file, '--dev-root', '/from-flag'], {
         PVDP_DEV_ROOT: '/from-env',
         PVDP_SYSFS_ROOT: '/sys-env',
@@ -144,7 +144,7 @@ describe('flags and environment', () => {
     const d = await mk('/tmp/pvdp-');
     try {
       const file = join(d, 'c.yaml');
-      await write(file, `resources: [{name: storage.accelerators.power.example.com/nvme-passthrough-gen4-x16-premium, selectors: {}, preparation: {mode: handoff}}]\n`);
+      await write(file, `resources: [{name: storage.accelerators.power.example.com/nvme-passthrough-gen4-x16-premium, selectors: {all: true}, preparation: {mode: handoff}}]\n`);
       await expect(resolveSettings(parseCommandLine(['--config', file], {}).values)).rejects.toThrow(/in the container, 1\d\d bytes/);
       await expect(resolveSettings(parseCommandLine(['--handoff-container-dir', 'relative/dir'], {}).values, simulatedNodeConfig)).rejects.toThrow(
         /must be an absolute path/,

@@ -3,7 +3,7 @@ import { serializeByGroup } from '../../src/prepare/serialize.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { fn, group } from '../helpers/groups.js';
 
-const resource = parseConfigText('resources: [{name: a.com/x, selectors: {}}]').resources[0]!;
+const resource = parseConfigText('resources: [{name: a.com/x, selectors: {all: true}}]').resources[0]!;
 const g = (id: number) => group(id, [fn(`0030:0${id}:00.0`)]);
 
 describe('one preparation per group at a time', () => {

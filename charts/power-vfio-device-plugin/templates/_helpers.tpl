@@ -59,7 +59,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* The plugin's configuration file: config.resources, handoff and cdi, as the plugin's schema names them. */}}
 {{- define "pvdp.configFile" -}}
 {{- $handoff := dict "hostDir" .Values.handoff.hostDir "containerDir" .Values.handoff.containerDir -}}
-{{- $config := dict "resources" .Values.config.resources "handoff" $handoff "cdi" (dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir) -}}
+{{- $cdi := dict "enabled" .Values.cdi.enabled "specDir" .Values.cdi.specDir -}}
+{{- if .Values.simulate -}}
+{{- /* The simulated node keeps what it writes under its temporary root: no host directory is named. */ -}}
+{{- $handoff = dict "containerDir" .Values.handoff.containerDir -}}
+{{- $cdi = dict "enabled" .Values.cdi.enabled -}}
+{{- end -}}
+{{- $config := dict "resources" .Values.config.resources "handoff" $handoff "cdi" $cdi -}}
 {{- if eq (include "pvdp.managedBinding" .) "true" -}}
 {{- /* The host's /proc is mounted at /host/proc: mounts and open files are checked there. */ -}}
 {{- $_ := set $config "procRoot" "/host" -}}
@@ -103,6 +109,16 @@ twice, and handoff options only on handoff resources.
 {{- if not (regexMatch "^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?$" $local) -}}
 {{- fail (printf "%s: with cdi enabled the name %q must be letters, digits, \"_\" or \"-\", starting with a letter (CDI class names do)" $where $local) -}}
 {{- end -}}
+{{- end -}}
+{{- $fields := list "vendors" "devices" "classes" "drivers" "addresses" "domains" "numaNodes" -}}
+{{- $named := list -}}
+{{- range $fields -}}{{- if hasKey ($r.selectors | default dict) . -}}{{- $named = append $named . -}}{{- end -}}{{- end -}}
+{{- $all := and $r.selectors (hasKey $r.selectors "all") -}}
+{{- if and $all (gt (len $named) 0) -}}
+{{- fail (printf "config.resources[%d].selectors.all: all: true selects every VFIO group; remove it or %s" $i (join ", " $named)) -}}
+{{- end -}}
+{{- if and (not $all) (eq (len $named) 0) -}}
+{{- fail (printf "config.resources[%d].selectors: must name at least one of %s; to advertise every VFIO group as this resource write \"selectors: { all: true }\"" $i (join ", " $fields)) -}}
 {{- end -}}
 {{- $mode := "verify" -}}
 {{- if and $r.preparation $r.preparation.mode -}}{{- $mode = $r.preparation.mode -}}{{- end -}}
