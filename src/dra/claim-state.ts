@@ -349,6 +349,7 @@ export class ClaimState {
    * device and what is in use, before anything is written.
    */
   private async planRebindings(planned: Map<string, PlannedSet>, perDevice: { deviceName: string; group: IommuGroup }[]): Promise<GroupRebinding[]> {
+    // Called before this claim's own entry exists: every entry found is another claim's.
     const out: GroupRebinding[] = [];
     for (const set of planned.values()) {
       const binding = set.resource.binding;
@@ -359,6 +360,11 @@ export class ClaimState {
         const device = `device ${perDevice.find((d) => d.group.id === group.id)?.deviceName ?? `group-${group.id}`} (IOMMU group ${group.id})`;
         if (this.moving.has(group.id)) {
           throw new ClaimRefusal(`${device} is moving between drivers for another claim; the kubelet will retry`);
+        }
+        // A claim that could not give the group back yet would move it away from under this one when it retries.
+        const holder = [...this.entries.values()].find((e) => e.bindings?.some((b) => b.group === group.id));
+        if (holder) {
+          throw new ClaimRefusal(`${device} still belongs to ResourceClaim ${holder.namespace}/${holder.name} (${holder.state}), whose groups are not all back on their host drivers; the kubelet will retry`);
         }
         const seen = await managed.inspect(group.id, binding.allowedDrivers ?? []);
         if (seen.blockers.length > 0) {

@@ -336,6 +336,9 @@ describe('managed binding: restarts', () => {
     expect(await readdirOrEmpty(second.settings.dra.cdiSpecDir)).toEqual([]);
     expect(await driverOf(second.roots, '0036:01:00.0')).toBe('vfio-pci');
     expect(sliceDevice(lastPublished(FREE)!).taints).toEqual([{ key: `${DRIVER}/binding`, value: 'RebindFailed', effect: 'NoSchedule' }]);
+    // Another claim for the group waits: the retry of the first would take the group from under it.
+    const next = claimOf('next', [{ request: 'disk', device: FREE }]);
+    expect((await second.kubelet!.prepare(DRIVER, [next]))[next.uid]!.error).toMatch(/IOMMU group 9\) still belongs to ResourceClaim default\/kept \(unpreparing\)/);
     await second.stop();
     node = null;
 
