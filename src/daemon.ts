@@ -24,6 +24,8 @@ import { serializeByGroup } from './prepare/serialize.js';
 import type { UeventSource } from './topology/uevents.js';
 import type { HandoffService } from './handoff/service.js';
 import { PluginError } from './errors.js';
+import { GroupBinder, type SysfsWriter } from './binding/index.js';
+import { EventReason } from './report/node-report.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -59,6 +61,10 @@ export interface DraDeps {
   /** Socket check period (tests). */
   checkIntervalMs?: number;
   healthResendMs?: number;
+  /** Writes the sysfs attributes managed binding writes; default: the real files (a simulated node passes its kernel's). */
+  sysfsWriter?: SysfsWriter;
+  /** How often managed binding looks at sysfs while it waits (tests). */
+  bindingPollMs?: number;
 }
 
 /** What a kubelet front end does with the inventory. */
@@ -124,6 +130,17 @@ export class Daemon {
         throw new PluginError('PVDP_ERR_CONFIG', 'The DRA front end needs this node\'s name: set --node-name or NODE_NAME (the DaemonSet passes spec.nodeName)');
       }
       this.manager = null;
+      const managed = settings.resources.some((r) => r.binding?.mode === 'managed');
+      const binder = managed
+        ? new GroupBinder({
+            sysfsRoot: settings.sysfsRoot,
+            devRoot: settings.devRoot,
+            procRoot: settings.procRoot ?? '/',
+            logger: deps.logger,
+            ...(deps.dra.sysfsWriter ? { writer: deps.dra.sysfsWriter } : {}),
+            ...(deps.dra.bindingPollMs ? { pollMs: deps.dra.bindingPollMs } : {}),
+          })
+        : null;
       this.dra = new DraDriver({
         driver: settings.dra.driverName,
         nodeName: settings.nodeName,
@@ -137,6 +154,17 @@ export class Daemon {
         ...(deps.dra.verification ? { verification: deps.dra.verification } : {}),
         ...(deps.dra.checkIntervalMs ? { checkIntervalMs: deps.dra.checkIntervalMs } : {}),
         ...(deps.dra.healthResendMs ? { healthResendMs: deps.dra.healthResendMs } : {}),
+        ...(binder ? { binding: binder } : {}),
+        // The watcher would see the new drivers at its next poll; the pool should show them now.
+        onRebound: () => void this.watcher.refresh().catch(() => undefined),
+        onRebindFailure: (f) =>
+          this.reporter?.event({
+            type: 'Warning',
+            reason: EventReason.DeviceRebindFailed,
+            message: `IOMMU group ${f.group} (device ${f.device}) of resource ${f.resource} could not be moved between its host drivers and vfio-pci: ${f.message}`,
+            resource: f.resource,
+            device: String(f.group),
+          }),
         logger: deps.logger,
       });
       this.frontEnd = this.dra;

@@ -175,6 +175,43 @@ export const preparationSchema = z
     }
   });
 
+// A kernel driver name as it appears under /sys/bus/pci/drivers: it becomes part of sysfs paths.
+const DRIVER_NAME = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$/;
+
+export const BINDING_MODES = ['static', 'managed'] as const;
+
+/**
+ * Who binds the group's functions to vfio-pci. static: the operator did
+ * (driverctl, udev, a machine config); only groups already on vfio-pci are
+ * offered. managed (DRA only): groups stay on their host drivers until a
+ * claim is prepared, which moves them to vfio-pci; unprepare gives them back.
+ */
+export const bindingSchema = z
+  .object({
+    mode: z.enum(BINDING_MODES).default('static'),
+    /** Host drivers a managed resource may take functions from; a group on any other driver is not offered. */
+    allowedDrivers: z
+      .array(
+        z
+          .string()
+          .regex(DRIVER_NAME, 'must be a kernel driver name as under /sys/bus/pci/drivers, for example nvme or virtio-pci')
+          .refine((d) => !d.includes('vfio'), 'names a VFIO driver: managed binding moves functions to vfio-pci; list the host drivers it may take them from'),
+      )
+      .min(1, 'must list at least one value when present')
+      .optional(),
+    /** Bound on each rebinding (taking a group, giving it back), in seconds. */
+    timeoutSeconds: z.number().positive().max(600).default(30),
+  })
+  .strict()
+  .superRefine((b, ctx) => {
+    if (b.mode === 'managed' && b.allowedDrivers === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['allowedDrivers'], message: 'is required with mode: managed: name the host drivers it may take devices from, for example [nvme]' });
+    }
+    if (b.mode === 'static' && b.allowedDrivers !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['allowedDrivers'], message: 'is only used with mode: managed (mode is static)' });
+    }
+  });
+
 export const resourceSchema = z
   .object({
     name: z.string().superRefine((name, ctx) => {
@@ -183,8 +220,18 @@ export const resourceSchema = z
     }),
     selectors: selectorsSchema,
     preparation: preparationSchema.default({ mode: 'verify' }),
+    /** `binding: static` is short for `binding: {mode: static}`. */
+    binding: z
+      .preprocess((v) => (typeof v === 'string' ? { mode: v } : v), bindingSchema)
+      .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((r, ctx) => {
+    // A managed group changes driver when a claim takes it: a driver selector would drop it from the pool mid-claim.
+    if (r.binding?.mode === 'managed' && r.selectors.drivers !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['selectors', 'drivers'], message: 'cannot be used with binding mode managed: the driver of a managed group changes when a claim takes it; use binding.allowedDrivers' });
+    }
+  });
 
 export const configSchema = z
   .object({
@@ -197,6 +244,8 @@ export const configSchema = z
       })
       .min(1, 'must list at least one resource'),
     sysfsRoot: z.string().min(1).optional(),
+    /** Root under which `proc/` lives: managed binding reads mounts and open files there (the host's with hostPID). */
+    procRoot: z.string().min(1).optional(),
     devRoot: z.string().min(1).optional(),
     devicePluginDir: z.string().min(1).optional(),
     podResourcesSocket: z.string().min(1).optional(),
@@ -247,6 +296,9 @@ export const configSchema = z
   .superRefine((config, ctx) => {
     const seen = new Map<string, number>();
     config.resources.forEach((resource, index) => {
+      if (resource.binding?.mode === 'managed' && config.kubeletApi !== undefined && config.kubeletApi !== 'dra') {
+        ctx.addIssue({ code: 'custom', path: ['resources', index, 'binding', 'mode'], message: 'managed binding needs the DRA front end (kubeletApi: dra): the device plugin API has no prepare step to rebind in' });
+      }
       if (config.cdi?.enabled) {
         const problem = cdiKindProblem(resource.name);
         if (problem) ctx.addIssue({ code: 'custom', path: ['resources', index, 'name'], message: problem });
@@ -266,6 +318,7 @@ export const configSchema = z
 
 export type Selectors = z.output<typeof selectorsSchema>;
 export type Preparation = z.output<typeof preparationSchema>;
+export type BindingConfig = z.output<typeof bindingSchema>;
 export type HandoffOptions = z.output<typeof handoffOptionsSchema>;
 export type ResourceConfig = z.output<typeof resourceSchema>;
 export type FileConfig = z.output<typeof configSchema>;

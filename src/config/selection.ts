@@ -2,6 +2,7 @@
 // to at most one resource: a group that two resources select is reported and
 // advertised by neither, so an operator never gets a silent, order-dependent choice.
 import type { IommuGroup, PciFunction, Topology } from '../topology/types.js';
+import { isVfioDriver } from '../topology/parse.js';
 import type { ResourceConfig, Selectors } from './schema.js';
 
 export interface SelectionConflict {
@@ -56,15 +57,34 @@ export function groupMatches(group: IommuGroup, selectors: Selectors): boolean {
     : endpoints.some((fn) => functionMatches(fn, selectors));
 }
 
-/** Only groups offered for passthrough (bound to VFIO or with a /dev/vfio node) are candidates. */
+/**
+ * A group a managed resource may take: every endpoint is on vfio-pci, on no
+ * driver, or on one of the allowed host drivers. Bridges are left where they
+ * are, so they do not decide here (prepare checks they keep the group viable).
+ */
+export function managedCandidate(group: IommuGroup, allowedDrivers: readonly string[]): boolean {
+  const endpoints = group.functions.filter((fn) => !fn.isBridge);
+  if (endpoints.length === 0) return false;
+  return endpoints.every((fn) => fn.driver === null || isVfioDriver(fn.driver) || allowedDrivers.includes(fn.driver));
+}
+
+/** Whether `resource` would offer `group`: static resources only groups offered for passthrough. */
+export function candidateFor(group: IommuGroup, resource: ResourceConfig): boolean {
+  if (group.vfioCandidate) return true;
+  return resource.binding?.mode === 'managed' && managedCandidate(group, resource.binding.allowedDrivers ?? []);
+}
+
+/**
+ * Static resources take groups offered for passthrough (bound to VFIO or with
+ * a /dev/vfio node); managed resources also groups still on allowed host drivers.
+ */
 export function selectGroups(topology: Topology, resources: readonly ResourceConfig[]): Selection {
   const byResource = new Map<string, IommuGroup[]>(resources.map((r) => [r.name, []]));
   const conflicts: SelectionConflict[] = [];
   const ids = [...topology.groups.keys()].sort((a, b) => a - b);
   for (const id of ids) {
     const group = topology.groups.get(id)!;
-    if (!group.vfioCandidate) continue;
-    const matched = resources.filter((r) => groupMatches(group, r.selectors)).map((r) => r.name);
+    const matched = resources.filter((r) => candidateFor(group, r) && groupMatches(group, r.selectors)).map((r) => r.name);
     if (matched.length === 1) byResource.get(matched[0]!)!.push(group);
     else if (matched.length > 1) conflicts.push({ group: id, resources: matched });
   }

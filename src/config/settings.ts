@@ -43,6 +43,8 @@ export interface Settings {
   kubeletApi: KubeletApi;
   dra: DraSettings;
   sysfsRoot: string;
+  /** Root under which `proc/` lives (managed binding's in-use checks); default `/`. */
+  procRoot?: string;
   devRoot: string;
   devicePluginDir: string;
   podResourcesSocket: string;
@@ -270,12 +272,18 @@ export async function resolveSettings(
   }
   const metricsPort = parseMetricsPort(str('metrics-port') ?? '9101', label('metrics-port'));
   const dra = resolveDraSettings(str, file, label, paths);
+  const managed = file.resources.findIndex((r) => r.binding?.mode === 'managed');
+  if (managed >= 0 && dra.kubeletApi !== 'dra') {
+    const problem = `${file.resources[managed]!.name} asks for managed binding, which needs the DRA front end (--kubelet-api dra): the device plugin API has no prepare step to rebind in`;
+    throw new ConfigError(`Invalid configuration: ${problem}`, [`resources[${managed}].binding.mode: ${problem}`]);
+  }
   const pollSeconds = str('poll-interval') !== undefined ? positiveSeconds(str('poll-interval')!, label('poll-interval')) : (file.pollIntervalSeconds ?? 10);
   return {
     configFile,
     kubeletApi: dra.kubeletApi,
     dra: dra.settings,
     sysfsRoot: str('sysfs-root') ?? file.sysfsRoot ?? '/',
+    procRoot: file.procRoot ?? '/',
     devRoot: str('dev-root') ?? file.devRoot ?? '/',
     devicePluginDir,
     podResourcesSocket: str('pod-resources-socket') ?? file.podResourcesSocket ?? paths.podResourcesSocket ?? DEFAULT_POD_RESOURCES_SOCKET,

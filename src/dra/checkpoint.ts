@@ -22,11 +22,34 @@ export interface PreparedDevice {
   group: number;
 }
 
+/** A function of a group managed binding took, as it was before the first write. */
+export interface OriginalBinding {
+  address: string;
+  driver: string | null;
+  driverOverride: string | null;
+  isBridge: boolean;
+}
+
+/** A group of a managed resource: its functions' drivers before it was taken, to give it back. */
+export interface GroupRebinding {
+  resource: string;
+  group: number;
+  /** Bound on each rebinding of the group. */
+  timeoutMs: number;
+  functions: OriginalBinding[];
+}
+
 export interface CheckpointClaim {
   namespace: string;
   name: string;
-  /** `preparing` until the answer is ready: a restart finds it and undoes it. */
-  state: 'preparing' | 'prepared';
+  /**
+   * `preparing` until the answer is ready: a restart finds it and undoes it.
+   * `unpreparing` once the claim is released but its groups are not yet back
+   * on their host drivers: a restart (or the kubelet's retry) finishes it.
+   */
+  state: 'preparing' | 'prepared' | 'unpreparing';
+  /** Groups of managed resources, recorded before the first sysfs write. */
+  bindings?: GroupRebinding[];
   groupSets: PreparedGroupSet[];
   devices: PreparedDevice[];
   /** The CDI spec file written for the claim (base name), when written. */
@@ -52,10 +75,28 @@ function isObject(value: unknown): value is Record<string, unknown> {
 const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
 const isGroup = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) < 1 << 20;
 
+// Addresses and drivers become sysfs paths and values: only what sysfs itself would show.
+const PCI_ADDRESS = /^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
+const DRIVER = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$/;
+const driverOrNull = (v: unknown): boolean => v === null || (typeof v === 'string' && DRIVER.test(v));
+
+function validRebinding(value: unknown): value is GroupRebinding {
+  if (!isObject(value) || typeof value['resource'] !== 'string' || !isGroup(value['group'])) return false;
+  if (typeof value['timeoutMs'] !== 'number' || !(value['timeoutMs'] > 0 && value['timeoutMs'] <= 3_600_000)) return false;
+  const fns = value['functions'];
+  return (
+    Array.isArray(fns) &&
+    fns.every(
+      (f) => isObject(f) && typeof f['address'] === 'string' && PCI_ADDRESS.test(f['address']) && driverOrNull(f['driver']) && driverOrNull(f['driverOverride']) && typeof f['isBridge'] === 'boolean',
+    )
+  );
+}
+
 function validClaim(value: unknown): value is CheckpointClaim {
   if (!isObject(value)) return false;
   if (typeof value['namespace'] !== 'string' || typeof value['name'] !== 'string') return false;
-  if (value['state'] !== 'preparing' && value['state'] !== 'prepared') return false;
+  if (value['state'] !== 'preparing' && value['state'] !== 'prepared' && value['state'] !== 'unpreparing') return false;
+  if (value['bindings'] !== undefined && !(Array.isArray(value['bindings']) && value['bindings'].every(validRebinding))) return false;
   if (value['cdiSpecFile'] !== null && (typeof value['cdiSpecFile'] !== 'string' || basename(value['cdiSpecFile']) !== value['cdiSpecFile'])) return false;
   const sets = value['groupSets'];
   if (!Array.isArray(sets) || !sets.every((s) => isObject(s) && typeof s['resource'] === 'string' && Array.isArray(s['groups']) && s['groups'].every(isGroup) && ['none', 'verify', 'handoff'].includes(s['mode'] as string))) return false;

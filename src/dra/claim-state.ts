@@ -13,7 +13,7 @@ import type { AllocationExtra } from '../prepare/types.js';
 import { buildClaimSpec, type CdiMount, type ClaimSpec, type ClaimSpecDirectory } from '../cdi/claim-specs.js';
 import { claimAllocation, ClaimRefusal, type ClaimRef } from './claim-allocation.js';
 import { ClaimConfigError, effectivePreparation } from './claim-config.js';
-import { Checkpoint, CheckpointError, type CheckpointClaim, type PreparedDevice, type PreparedGroupSet } from './checkpoint.js';
+import { Checkpoint, CheckpointError, type CheckpointClaim, type GroupRebinding, type OriginalBinding, type PreparedDevice, type PreparedGroupSet } from './checkpoint.js';
 
 /** What prepare does to groups: the same preparer the device plugin runs in PreStartContainer. */
 export interface ClaimPreparation {
@@ -21,6 +21,32 @@ export interface ClaimPreparation {
   prepare(resource: ResourceConfig, groups: IommuGroup[]): Promise<AllocationExtra | null>;
   /** Releases what a handoff preparation kept for these groups and removes its directories; unknown sets are fine. */
   release(resourceName: string, groups: readonly number[]): Promise<void>;
+}
+
+/**
+ * Managed binding: moving a group's endpoints between their host drivers and
+ * vfio-pci. Both moves wait (bounded) until they are done, and `take` gives
+ * everything back itself when it fails.
+ */
+export interface ManagedBinding {
+  /** The group's functions and drivers now, and what stops taking it (empty when nothing does). */
+  inspect(group: number, allowedDrivers: readonly string[]): Promise<{ functions: OriginalBinding[]; blockers: string[] }>;
+  take(group: number, original: readonly OriginalBinding[], timeoutMs: number): Promise<void>;
+  giveBack(group: number, original: readonly OriginalBinding[], timeoutMs: number): Promise<void>;
+}
+
+/** What the front end hears of rebindings: to republish, to raise an Event. */
+export interface RebindingListener {
+  /** A group started or finished moving, or a failure was recorded or cleared. */
+  changed(): void;
+  /** Moving a group failed; it may be left on the wrong driver. */
+  failed(group: number, resource: string, message: string): void;
+}
+
+/** Groups moving between drivers now, and groups whose last move failed (with why). */
+export interface RebindingState {
+  moving: ReadonlyMap<number, 'taking' | 'givingBack'>;
+  failed: ReadonlyMap<number, string>;
 }
 
 /** Reads a claim from the API server; throws ClaimRefusal when it does not exist, anything else when it could not be read. */
@@ -38,6 +64,9 @@ export interface ClaimStateOptions {
   claims: ClaimSource;
   lookup: DeviceLookup;
   preparation: ClaimPreparation;
+  /** Managed binding; without it a claim for a managed resource is refused. */
+  binding?: ManagedBinding;
+  rebinding?: RebindingListener;
   logger?: Logger;
   now?: () => number;
 }
@@ -69,6 +98,8 @@ export class ClaimState {
   private readonly queues = new Map<string, Promise<unknown>>();
   private persisting: Promise<void> = Promise.resolve();
   private started = false;
+  private readonly moving = new Map<number, 'taking' | 'givingBack'>();
+  private readonly rebindFailures = new Map<number, { direction: 'taking' | 'givingBack'; message: string }>();
 
   constructor(private readonly options: ClaimStateOptions) {
     this.logger = (options.logger ?? silentLogger()).child({ room: 'dra' });
@@ -94,9 +125,17 @@ export class ClaimState {
     }
     for (const [uid, claim] of Object.entries(data.claims)) this.entries.set(uid, claim);
     for (const [uid, claim] of [...this.entries]) {
-      if (claim.state !== 'preparing') continue;
-      this.logger.warn({ claim: `${claim.namespace}/${claim.name}`, uid }, 'Undoing a prepare that an earlier run did not finish');
-      await this.undo(uid, claim);
+      if (claim.state === 'prepared') continue;
+      this.logger.warn(
+        { claim: `${claim.namespace}/${claim.name}`, uid },
+        claim.state === 'preparing' ? 'Undoing a prepare that an earlier run did not finish' : 'Finishing an unprepare that an earlier run did not finish',
+      );
+      try {
+        await this.undo(uid, claim);
+      } catch (err) {
+        // The kubelet's unprepare (or a new prepare of the claim) tries again; the node keeps being served.
+        this.logger.error({ uid, err: (err as Error).message }, 'Cannot finish undoing a claim; it stays in the checkpoint');
+      }
     }
     const owned = new Set([...this.entries.values()].map((c) => c.cdiSpecFile).filter((f): f is string => f !== null));
     for (const file of await this.options.cdi.list()) {
@@ -112,6 +151,11 @@ export class ClaimState {
   /** Claims prepared now, by uid (tests, status). */
   prepared(): Map<string, CheckpointClaim> {
     return new Map([...this.entries].filter(([, c]) => c.state === 'prepared'));
+  }
+
+  /** Groups moving between drivers, and groups whose last move failed. */
+  rebinding(): RebindingState {
+    return { moving: new Map(this.moving), failed: new Map([...this.rebindFailures].map(([g, f]) => [g, f.message])) };
   }
 
   /** Groups held by prepared claims (a device in use is not offered as free in status). */
@@ -184,6 +228,11 @@ export class ClaimState {
       }
       return existing.devices;
     }
+    if (existing) {
+      // Released before, but its groups are not all back on their host drivers: finish that first.
+      await this.undo(ref.uid, existing);
+      await this.persist();
+    }
     const claim = await this.options.claims(ref);
     const allocation = claimAllocation(claim, ref, this.options.driver);
     const seen = new Set<string>();
@@ -227,13 +276,27 @@ export class ClaimState {
       groups: s.groups.map((g) => g.id),
       mode: s.resource.preparation.mode,
     }));
-    // Before anything changes on the node: a crash from here on is undone at the next start.
-    const entry: CheckpointClaim = { namespace: ref.namespace, name: ref.name, state: 'preparing', groupSets, devices: [], cdiSpecFile: null };
+    const bindings = await this.planRebindings(planned, perDevice);
+    // Before anything changes on the node (the original drivers too): a crash from here on is undone at the next start.
+    const entry: CheckpointClaim = {
+      namespace: ref.namespace,
+      name: ref.name,
+      state: 'preparing',
+      groupSets,
+      ...(bindings.length > 0 ? { bindings } : {}),
+      devices: [],
+      cdiSpecFile: null,
+    };
     this.entries.set(ref.uid, entry);
     await this.persistOrForget(ref.uid);
     const done: PlannedSet[] = [];
+    const attempted: GroupRebinding[] = [];
     let written: string | null = null;
     try {
+      for (const rebinding of bindings) {
+        attempted.push(rebinding);
+        await this.move(rebinding, 'taking');
+      }
       const extras: AllocationExtra[] = [];
       for (const set of planned.values()) {
         const extra = await this.options.preparation.prepare(set.resource, set.groups);
@@ -265,10 +328,84 @@ export class ClaimState {
       }
       const file = written ?? this.options.cdi.fileName(ref.uid);
       await this.options.cdi.remove(file).catch(() => undefined);
-      this.entries.delete(ref.uid);
+      const stranded = await this.giveBackAll(attempted.reverse());
+      if (stranded.length > 0) {
+        // Functions left on the wrong driver: kept, so an unprepare, a retry or a restart gives them back.
+        this.entries.set(ref.uid, { ...entry, state: 'unpreparing', bindings: stranded.map((f) => f.rebinding) });
+      } else {
+        this.entries.delete(ref.uid);
+      }
       await this.persist().catch((e: unknown) => this.logger.error({ err: (e as Error).message }, 'Cannot write the checkpoint after a rollback'));
+      if (stranded.length > 0) {
+        throw new Error(`${(err as Error).message}; rolling back failed: ${stranded.map((f) => f.message).join('; ')}`, { cause: err });
+      }
       throw err;
     }
+  }
+
+  /**
+   * For the managed resources of a claim: each group's functions as they are
+   * now, after checking that nothing stops taking them. Refuses, naming the
+   * device and what is in use, before anything is written.
+   */
+  private async planRebindings(planned: Map<string, PlannedSet>, perDevice: { deviceName: string; group: IommuGroup }[]): Promise<GroupRebinding[]> {
+    // Called before this claim's own entry exists: every entry found is another claim's.
+    const out: GroupRebinding[] = [];
+    for (const set of planned.values()) {
+      const binding = set.resource.binding;
+      if (binding?.mode !== 'managed') continue;
+      const managed = this.options.binding;
+      if (!managed) throw new Error(`resource ${set.resource.name} uses managed binding, which is not set up on this node`);
+      for (const group of set.groups) {
+        const device = `device ${perDevice.find((d) => d.group.id === group.id)?.deviceName ?? `group-${group.id}`} (IOMMU group ${group.id})`;
+        if (this.moving.has(group.id)) {
+          throw new ClaimRefusal(`${device} is moving between drivers for another claim; the kubelet will retry`);
+        }
+        // A claim that could not give the group back yet would move it away from under this one when it retries.
+        const holder = [...this.entries.values()].find((e) => e.bindings?.some((b) => b.group === group.id));
+        if (holder) {
+          throw new ClaimRefusal(`${device} still belongs to ResourceClaim ${holder.namespace}/${holder.name} (${holder.state}), whose groups are not all back on their host drivers; the kubelet will retry`);
+        }
+        const seen = await managed.inspect(group.id, binding.allowedDrivers ?? []);
+        if (seen.blockers.length > 0) {
+          throw new ClaimRefusal(`${device} cannot be taken from the host: ${seen.blockers.join('; ')}`);
+        }
+        out.push({ resource: set.resource.name, group: group.id, timeoutMs: Math.round(binding.timeoutSeconds * 1000), functions: seen.functions });
+      }
+    }
+    return out;
+  }
+
+  /** One move of one group, visible to the front end while it runs; a failure is recorded and reported. */
+  private async move(rebinding: GroupRebinding, direction: 'taking' | 'givingBack'): Promise<void> {
+    const managed = this.options.binding;
+    if (!managed) throw new Error(`managed binding is not set up on this node; IOMMU group ${rebinding.group} cannot be moved`);
+    this.moving.set(rebinding.group, direction);
+    this.options.rebinding?.changed();
+    try {
+      if (direction === 'taking') await managed.take(rebinding.group, rebinding.functions, rebinding.timeoutMs);
+      else await managed.giveBack(rebinding.group, rebinding.functions, rebinding.timeoutMs);
+      // A group that could not be taken keeps its taint after the rollback: the next claim would fail the same way.
+      if (direction === 'taking' || this.rebindFailures.get(rebinding.group)?.direction === 'givingBack') this.rebindFailures.delete(rebinding.group);
+    } catch (err) {
+      const message = (err as Error).message;
+      this.rebindFailures.set(rebinding.group, { direction, message });
+      this.logger.error({ group: rebinding.group, resource: rebinding.resource, direction, err: message }, 'Moving an IOMMU group between drivers failed');
+      this.options.rebinding?.failed(rebinding.group, rebinding.resource, message);
+      throw err;
+    } finally {
+      this.moving.delete(rebinding.group);
+      this.options.rebinding?.changed();
+    }
+  }
+
+  /** Gives every group back (in the order given); returns the ones that could not be. */
+  private async giveBackAll(rebindings: readonly GroupRebinding[]): Promise<{ rebinding: GroupRebinding; message: string }[]> {
+    const failed: { rebinding: GroupRebinding; message: string }[] = [];
+    for (const rebinding of rebindings) {
+      await this.move(rebinding, 'givingBack').catch((err: unknown) => failed.push({ rebinding, message: (err as Error).message }));
+    }
+    return failed;
   }
 
   private cdiName(ref: ClaimRef, deviceName: string): string {
@@ -313,16 +450,35 @@ export class ClaimState {
     });
   }
 
-  /** Releases what a claim holds and removes its spec; the caller persists. */
+  /**
+   * Releases what a claim holds and removes its spec, then gives its managed
+   * groups back to their host drivers; the caller persists. The checkpoint says
+   * `unpreparing` before the first give-back write, and keeps the groups that
+   * could not be given back, so a retry or a restart finishes the job.
+   */
   private async undo(uid: string, claim: CheckpointClaim): Promise<void> {
     const failures: string[] = [];
-    for (const set of claim.groupSets) {
-      if (set.mode !== 'handoff') continue;
-      await this.options.preparation.release(set.resource, set.groups).catch((err: unknown) => failures.push(`releasing groups ${set.groups.join(',')}: ${(err as Error).message}`));
+    if (claim.state !== 'unpreparing') {
+      for (const set of claim.groupSets) {
+        if (set.mode !== 'handoff') continue;
+        await this.options.preparation.release(set.resource, set.groups).catch((err: unknown) => failures.push(`releasing groups ${set.groups.join(',')}: ${(err as Error).message}`));
+      }
+      const file = claim.cdiSpecFile ?? this.options.cdi.fileName(uid);
+      await this.options.cdi.remove(file).catch((err: unknown) => failures.push(`removing the CDI spec ${file}: ${(err as Error).message}`));
+      if (failures.length > 0) throw new Error(failures.join('; '));
     }
-    const file = claim.cdiSpecFile ?? this.options.cdi.fileName(uid);
-    await this.options.cdi.remove(file).catch((err: unknown) => failures.push(`removing the CDI spec ${file}: ${(err as Error).message}`));
-    if (failures.length > 0) throw new Error(failures.join('; '));
+    const bindings = claim.bindings ?? [];
+    if (bindings.length > 0) {
+      const releasing: CheckpointClaim = { ...claim, state: 'unpreparing', cdiSpecFile: null };
+      delete releasing.cdiSpec;
+      this.entries.set(uid, releasing);
+      await this.persist();
+      const stranded = await this.giveBackAll([...bindings].reverse());
+      if (stranded.length > 0) {
+        this.entries.set(uid, { ...releasing, bindings: stranded.map((f) => f.rebinding) });
+        throw new Error(stranded.map((f) => f.message).join('; '));
+      }
+    }
     this.entries.delete(uid);
   }
 

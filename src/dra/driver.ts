@@ -15,7 +15,7 @@ import type { InventoryState } from '../inventory/inventory.js';
 import { ClaimSpecDirectory } from '../cdi/claim-specs.js';
 import { CHECKPOINT_NAME, DRA_SOCKET_NAME, registrationSocketName } from './constants.js';
 import { Checkpoint } from './checkpoint.js';
-import { ClaimState, type ClaimPreparation, type ClaimSource, type PrepareResult } from './claim-state.js';
+import { ClaimState, type ClaimPreparation, type ClaimSource, type ManagedBinding, type PrepareResult } from './claim-state.js';
 import type { ClaimRef } from './claim-allocation.js';
 import { deviceNameOf } from './device-name.js';
 import { HealthStream } from './health-stream.js';
@@ -47,6 +47,12 @@ export interface DraDriverOptions {
   slices: SlicePublishing | null;
   /** What the last verification of a group learned, for the device attributes. */
   verification?: (group: number) => IommuVerification | undefined;
+  /** Moves groups of managed resources between host drivers and vfio-pci. */
+  binding?: ManagedBinding;
+  /** A group moved between drivers (rescan the topology now rather than at the next poll). */
+  onRebound?: () => void;
+  /** A rebinding failed: the daemon makes it a Node Event. */
+  onRebindFailure?: (failure: { group: number; resource: string; device: string; message: string }) => void;
   logger?: Logger;
   /** How often the sockets are checked when no directory event came (default 1 s). */
   checkIntervalMs?: number;
@@ -85,6 +91,17 @@ export class DraDriver {
       claims: options.claims,
       lookup: (name) => this.devices.get(name),
       preparation: options.preparation,
+      ...(options.binding ? { binding: options.binding } : {}),
+      rebinding: {
+        changed: () => {
+          this.refresh();
+          this.options.onRebound?.();
+        },
+        failed: (group, resource, message) => {
+          const device = [...this.devices].find(([, d]) => d.device.group.id === group)?.[0] ?? `group-${group}`;
+          this.options.onRebindFailure?.({ group, resource, device, message });
+        },
+      },
       logger: options.logger ?? silentLogger(),
     });
     const socketPath = join(options.driverDir, DRA_SOCKET_NAME);
@@ -110,6 +127,7 @@ export class DraDriver {
     this.lastState = state;
     const devices = new Map<string, { resource: ResourceConfig; device: AdvertisedDevice }>();
     const published: PublishedDevice[] = [];
+    const rebinding = this.claims.rebinding();
     for (const resource of this.options.resources) {
       for (const device of state.byResource.get(resource.name) ?? []) {
         const name = deviceNameOf(device.group);
@@ -120,7 +138,17 @@ export class DraDriver {
         }
         devices.set(name, { resource, device });
         const verification = this.options.verification?.(device.group.id);
-        published.push({ resource: resource.name, device, ...(verification ? { verification } : {}) });
+        const managed = resource.binding?.mode === 'managed';
+        const moving = rebinding.moving.get(device.group.id);
+        const failure = rebinding.failed.get(device.group.id);
+        published.push({
+          resource: resource.name,
+          device,
+          ...(verification ? { verification } : {}),
+          ...(managed ? { binding: 'managed' as const } : {}),
+          ...(moving ? { rebinding: moving } : {}),
+          ...(failure !== undefined ? { rebindFailure: failure } : {}),
+        });
       }
     }
     this.devices = devices;

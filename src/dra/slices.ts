@@ -47,6 +47,12 @@ export interface PublishedDevice {
   device: AdvertisedDevice;
   /** What a verification of this group learned; absent until one ran. */
   verification?: IommuVerification;
+  /** Set for a resource with managed binding: its groups may sit on host drivers until a claim takes them. */
+  binding?: 'managed';
+  /** The group is moving between drivers now (taken for a claim, or given back). */
+  rebinding?: 'taking' | 'givingBack';
+  /** The last move of the group failed: why. */
+  rebindFailure?: string;
 }
 
 export interface SliceContext {
@@ -77,6 +83,9 @@ export interface DeviceTaint {
 
 /** Why a device is tainted, as the taint's value (a label value). */
 export type TaintCause = 'EEHFrozen' | 'AERFatal' | 'DeviceNodeMissing' | 'HostDriver' | 'Unusable';
+
+/** Why a managed device is tainted while or after it moved between drivers. */
+export type BindingTaintCause = 'Rebinding' | 'RebindFailed';
 
 export interface SliceDevice {
   name: string;
@@ -160,6 +169,12 @@ export function deviceAttributes(d: PublishedDevice, ctx: Pick<SliceContext, 'pl
     if (fn.driver) attrs['driver'] = { string: fn.driver };
   }
   attrs['functions'] = { int: group.functions.length };
+  if (d.binding === 'managed') {
+    attrs['binding'] = { string: 'managed' };
+    // Which drivers hold the endpoints now: a host driver until a claim takes the group, then vfio-pci.
+    const drivers = [...new Set(group.functions.filter((f) => !f.isBridge).map((f) => f.driver ?? 'none'))].sort();
+    attrs['currentDrivers'] = { string: drivers.join(',').slice(0, LIMITS.attributeStringLength) };
+  }
   if (ctx.platform) attrs['platform'] = { string: ctx.platform };
   // sPAPR has no iommufd: say so rather than let a consumer infer it from /dev/iommu.
   attrs['iommufd'] = { bool: false };
@@ -191,11 +206,26 @@ export function taintKey(driver: string): string {
   return `${driver}/unhealthy`;
 }
 
+/** The key of the taints on a managed device that is moving between drivers or failed to. */
+export function bindingTaintKey(driver: string): string {
+  return `${driver}/binding`;
+}
+
+export function bindingTaintCause(d: PublishedDevice): BindingTaintCause | null {
+  if (d.rebinding) return 'Rebinding';
+  if (d.rebindFailure !== undefined) return 'RebindFailed';
+  return null;
+}
+
 /** NoSchedule keeps new claims away; running workloads are not evicted for a health change. */
 export function deviceTaints(d: PublishedDevice, driver: string): DeviceTaint[] {
+  const taints: DeviceTaint[] = [];
   const cause = taintCause(d.device);
-  if (cause === null) return [];
-  return [{ key: taintKey(driver), value: cause, effect: 'NoSchedule' }];
+  if (cause !== null) taints.push({ key: taintKey(driver), value: cause, effect: 'NoSchedule' });
+  // A group in transition is offered to no new claim; one whose move failed may sit on the wrong driver.
+  const binding = bindingTaintCause(d);
+  if (binding !== null) taints.push({ key: bindingTaintKey(driver), value: binding, effect: 'NoSchedule' });
+  return taints;
 }
 
 // ---- slices ----------------------------------------------------------------------------------

@@ -9,7 +9,24 @@ import { selectGroups, type SelectionConflict } from '../config/selection.js';
 import type { Topology } from '../topology/types.js';
 import { groupHealth, type GroupHealth } from '../health/group-health.js';
 import type { IommuGroup } from '../topology/types.js';
+import { hostDriverProblem } from '../topology/scan.js';
 import type { AdvertisedDevice } from './advertised.js';
+
+/**
+ * A managed group as health judges it: the allowed host drivers its endpoints
+ * are on, and the /dev/vfio node that appears once they move, are prepare's
+ * to change, not faults. Everything else (EEH, AER, a driver that is not
+ * allowed, a function that cannot be read) still counts.
+ */
+export function managedHealthView(group: IommuGroup, allowedDrivers: readonly string[]): IommuGroup {
+  const movable = group.functions.filter((fn) => !fn.isBridge && fn.driver !== null && allowedDrivers.includes(fn.driver));
+  const expected = new Set(movable.map((fn) => hostDriverProblem(fn.address, fn.driver!)));
+  const nodeProblem = (p: string): boolean => p.startsWith('Device node ') && p.endsWith(`; bind the functions of group ${group.id} to vfio-pci`);
+  // The node is missing only until the functions move; once none is left to move it is a fault again.
+  const waiting = movable.length > 0 || group.functions.some((fn) => !fn.isBridge && fn.driver === null);
+  const problems = group.problems.filter((p) => !expected.has(p) && !(waiting && nodeProblem(p)));
+  return { ...group, problems, usable: problems.length === 0 };
+}
 
 /** What is offered now, per resource, with the selection conflicts. */
 export interface InventoryState {
@@ -58,7 +75,8 @@ export class Inventory {
       byResource.set(
         resource.name,
         groups.map((group) => {
-          const health = this.health(group);
+          const managed = resource.binding?.mode === 'managed';
+          const health = this.health(managed ? managedHealthView(group, resource.binding?.allowedDrivers ?? []) : group);
           return { group, healthy: health.healthy, ...(health.reason ? { reason: health.reason } : {}) };
         }),
       );

@@ -26,6 +26,8 @@ export const EventReason = {
   DeviceAdded: 'DeviceAdded',
   DeviceRemoved: 'DeviceRemoved',
   SelectionConflict: 'SelectionConflict',
+  /** Managed binding could not move a group between its host drivers and vfio-pci. */
+  DeviceRebindFailed: 'DeviceRebindFailed',
 } as const;
 export type EventReason = (typeof EventReason)[keyof typeof EventReason];
 
@@ -299,6 +301,7 @@ const SUMMARY_VERB: Record<EventReason, string> = {
   DeviceAdded: 'were added',
   DeviceRemoved: 'are gone',
   SelectionConflict: 'match several resources and are advertised by none',
+  DeviceRebindFailed: 'could not be moved between their host drivers and vfio-pci',
 };
 
 /** One line for many transitions of the same kind: a burst (a PHB freeze takes many PEs at once). */

@@ -270,6 +270,17 @@ export class NodeReporter {
     }
   }
 
+  /** Records an Event that no snapshot shows (a rebinding that failed). Returns at once; never throws. */
+  event(transition: DeviceTransition): void {
+    if (this.stopped) return;
+    try {
+      this.enqueueEvent(transition);
+      this.schedule(0);
+    } catch (err) {
+      this.logger.error({ err: (err as Error).message }, 'Could not record an event');
+    }
+  }
+
   /** Merges capabilities (the VFIO layer may learn them after discovery). Never throws. */
   setCapabilities(capabilities: NodeCapabilities): void {
     if (this.stopped) return;

@@ -15,6 +15,8 @@ import { simulatedSettings } from './settings.js';
 import { simulatedNodeConfig } from './node-config.js';
 import { builtinPowerNode } from './power-node.js';
 import { writeSysfsTree, type NodeSpec } from './sysfs-tree.js';
+import { nativeDriversOf, SimulatedSysfsKernel } from './sysfs-kernel.js';
+import { isVfioDriver } from '../topology/parse.js';
 import { DraKubelet, type DraKubeletOptions } from './dra-kubelet.js';
 
 export const SIMULATED_NODE_NAME = 'power9-sim';
@@ -34,6 +36,8 @@ export interface DraNodeOptions {
   withKubelet?: boolean;
   pollIntervalMs?: number;
   health?: HealthTracker;
+  /** Root of `proc/` for managed binding's in-use checks (default: a directory with no processes). */
+  procRoot?: string;
 }
 
 export interface DraNode {
@@ -42,16 +46,20 @@ export interface DraNode {
   daemon: Daemon;
   kubelet: DraKubelet | null;
   preparation: PreparationSetup;
+  /** The kernel's side of driver_override, unbind, bind and drivers_probe on the tree. */
+  sysfsKernel: SimulatedSysfsKernel;
   /** Stops the daemon (and the kubelet stand-in); the tree and the directories stay. */
   stop(): Promise<void>;
 }
 
 export async function startDraNode(options: DraNodeOptions): Promise<DraNode> {
-  const roots = options.roots ?? (await writeSysfsTree(join(options.dir, 'node'), options.spec ?? builtinPowerNode()));
+  const spec = options.spec ?? builtinPowerNode();
+  const roots = options.roots ?? (await writeSysfsTree(join(options.dir, 'node'), spec));
   const resources = options.resources ?? simulatedNodeConfig().resources;
   const settings: Settings = {
     ...simulatedSettings({ roots, dir: options.dir, resources, kubeletApi: 'dra', pollIntervalMs: options.pollIntervalMs ?? 200 }),
     nodeName: SIMULATED_NODE_NAME,
+    procRoot: options.procRoot ?? join(options.dir, 'no-proc'),
   };
   const preparation = await buildPreparer({
     simulate: true,
@@ -62,6 +70,11 @@ export async function startDraNode(options: DraNodeOptions): Promise<DraNode> {
     // The handoff resource keeps windows mapped for pods: the plugin runs with CAP_IPC_LOCK there.
     simulatedMemlock: null,
     handoff: { hostDir: settings.handoffHostDir, containerDir: settings.handoffContainerDir, podResourcesSocket: null },
+  });
+  // What the VFIO kernel hears of driver moves: a host driver on a member makes the group non-viable.
+  const sysfsKernel = new SimulatedSysfsKernel(roots, nativeDriversOf(spec), (address, driver, group) => {
+    const kernel = preparation.kernel;
+    if (kernel?.hasGroup(group)) kernel.bindHostDriver(group, address, driver !== null && !isVfioDriver(driver) ? driver : null);
   });
   const daemon = new Daemon(settings, {
     logger: options.logger,
@@ -78,6 +91,8 @@ export async function startDraNode(options: DraNodeOptions): Promise<DraNode> {
       },
       checkIntervalMs: 100,
       healthResendMs: 1000,
+      sysfsWriter: sysfsKernel.writer,
+      bindingPollMs: 10,
     },
   });
   const kubelet = options.withKubelet === false ? null : new DraKubelet(settings.dra.registryDir, options.kubelet ?? {});
@@ -91,6 +106,7 @@ export async function startDraNode(options: DraNodeOptions): Promise<DraNode> {
     daemon,
     kubelet,
     preparation,
+    sysfsKernel,
     async stop() {
       await daemon.stop();
       await kubelet?.stop();

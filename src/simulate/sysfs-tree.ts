@@ -18,6 +18,11 @@ export interface FunctionSpec {
   subsystemDevice?: string;
   /** Bound driver; null or absent = unbound. */
   driver?: string | null;
+  /**
+   * The host driver the function's ID matches (what probing binds when no
+   * override says otherwise); default: `driver` when that is not a VFIO driver.
+   */
+  hostDriver?: string;
   /** `driver_override`; null or absent writes `(null)`. */
   driverOverride?: string | null;
   /** Default -1. */
@@ -347,4 +352,39 @@ export async function setEehState(roots: DiscoveryRoots, address: string, peStat
 /** Write one attribute file of a function verbatim (tests use it to plant garbage). */
 export async function setAttribute(roots: DiscoveryRoots, address: string, attr: string, value: string): Promise<void> {
   await writeFile(join(await deviceDirOf(roots.sysfsRoot, address), attr), value);
+}
+
+/** What a host driver made under a function: a network interface, or block or character device nodes. */
+export type HostDeviceSpec =
+  | { kind: 'net'; name: string; up: boolean }
+  | { kind: 'block'; name: string; dev: string; holders?: string[]; parent?: string }
+  | { kind: 'char'; name: string; dev: string; parent?: string };
+
+/**
+ * Adds what a host driver creates under a function, laid out as the kernel
+ * lays it out (`net/<if>/flags`, `<parent>/<disk>/{dev,holders/}`, `<parent>/<node>/dev`).
+ */
+export async function addHostDevice(roots: DiscoveryRoots, address: string, spec: HostDeviceSpec): Promise<void> {
+  const dir = await deviceDirOf(roots.sysfsRoot, address);
+  if (spec.kind === 'net') {
+    const ifDir = join(dir, 'net', spec.name);
+    await mkdir(ifDir, { recursive: true });
+    // IFF_UP | IFF_BROADCAST | IFF_MULTICAST, or only the latter two.
+    await writeFile(join(ifDir, 'flags'), spec.up ? '0x1003\n' : '0x1002\n');
+    await writeFile(join(ifDir, 'operstate'), spec.up ? 'up\n' : 'down\n');
+    return;
+  }
+  const nodeDir = join(dir, ...(spec.parent ? [spec.parent] : []), spec.name);
+  await mkdir(nodeDir, { recursive: true });
+  await writeFile(join(nodeDir, 'dev'), `${spec.dev}\n`);
+  if (spec.kind === 'block') {
+    await mkdir(join(nodeDir, 'holders'), { recursive: true });
+    for (const h of spec.holders ?? []) await writeFile(join(nodeDir, 'holders', h), '');
+  }
+}
+
+/** Removes what addHostDevice made (the driver let go of the function). */
+export async function removeHostDevices(roots: DiscoveryRoots, address: string, parts: string[]): Promise<void> {
+  const dir = await deviceDirOf(roots.sysfsRoot, address);
+  for (const p of parts) await rm(join(dir, p), { recursive: true, force: true });
 }

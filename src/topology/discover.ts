@@ -5,6 +5,8 @@ export {
   discoverGroup,
   groupFingerprint,
   groupProblems,
+  hostDriverProblem,
+  devNodeProblem,
   groupDevNodePath,
   iommuGroupsDir,
   pciDevicesDir,

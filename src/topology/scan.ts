@@ -278,6 +278,16 @@ async function readEeh(roots: DiscoveryRoots, group: number, address: string): P
 const HARMLESS_DRIVER = 'pci-stub';
 const BRIDGE_DRIVER = 'pcieport';
 
+/** The problem groupProblems reports for an endpoint on a host driver. */
+export function hostDriverProblem(address: string, driver: string): string {
+  return `Function ${address} is bound to host driver ${driver}; bind it to vfio-pci`;
+}
+
+/** The problem groupProblems reports when /dev/vfio/N is missing. */
+export function devNodeProblem(devNodePath: string, id: number): string {
+  return `Device node ${devNodePath} does not exist; bind the functions of group ${id} to vfio-pci`;
+}
+
 /** Why a group is not usable; empty when it is. Exported for tests and callers with their own data. */
 export function groupProblems(
   id: number,
@@ -298,11 +308,11 @@ export function groupProblems(
     problems.push(
       f.isBridge
         ? `Bridge ${f.address} is bound to driver ${d}; unbind it, or bind it to vfio-pci or pcieport`
-        : `Function ${f.address} is bound to host driver ${d}; bind it to vfio-pci`,
+        : hostDriverProblem(f.address, d),
     );
   }
   if (!devNode) {
-    problems.push(`Device node ${devNodePath} does not exist; bind the functions of group ${id} to vfio-pci`);
+    problems.push(devNodeProblem(devNodePath, id));
   }
   return problems;
 }

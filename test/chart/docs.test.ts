@@ -111,7 +111,7 @@ describe('docs/operator-guide.md DRA examples', () => {
 
   it('select and constrain only on attributes the guide lists as published', () => {
     const ours = publishedAttributes();
-    expect(ours).toEqual(new Set(['resource', 'iommuGroup', 'phb', 'pe', 'vendor', 'device', 'class', 'subsystemVendor', 'subsystemDevice', 'functions', 'driver', 'platform', 'iommufd', 'eeh', 'spaprTceV2', 'dynamicWindows', 'iommuPageSizes', 'defaultWindowSize']));
+    expect(ours).toEqual(new Set(['resource', 'iommuGroup', 'phb', 'pe', 'vendor', 'device', 'class', 'subsystemVendor', 'subsystemDevice', 'functions', 'driver', 'binding', 'currentDrivers', 'platform', 'iommufd', 'eeh', 'spaprTceV2', 'dynamicWindows', 'iommuPageSizes', 'defaultWindowSize']));
     const standard = new Set(['pciBusID', 'pcieRoot', 'numaNode']);
     const used = [...draSection.matchAll(/device\.attributes\["([^"]+)"\]\.([A-Za-z0-9]+)/g), ...draSection.matchAll(/matchAttribute: ([a-z0-9.-]+)\/([A-Za-z0-9]+)/g)];
     expect(used.length).toBeGreaterThanOrEqual(5);

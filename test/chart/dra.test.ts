@@ -3,7 +3,7 @@
 // host paths, RBAC), and the DeviceClasses, checked against kubernetes-models'
 // resource.k8s.io/v1 schemas and read back through the plugin's own parsers.
 import { basename, join } from 'node:path';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { parseConfig } from '../../src/config/load.js';
@@ -211,6 +211,27 @@ describe.skipIf(!setup.helm)('the DRA driver pod', () => {
     // Both sockets fit a unix socket path.
     expect(Buffer.byteLength(join(settings.dra.registryDir, registrationSocketName(settings.dra.driverName)))).toBeLessThanOrEqual(MAX_SOCKET_PATH);
     expect(Buffer.byteLength(join(settings.dra.driverDir, DRA_SOCKET_NAME))).toBeLessThanOrEqual(MAX_SOCKET_PATH);
+  });
+
+  it('with a managed-binding resource: sysfs read-write, the host /proc read-only at /host/proc, and the plugin reads the binding and procRoot back', async () => {
+    const values = join(scratch, 'managed.yaml');
+    writeFileSync(
+      values,
+      'config:\n  resources:\n    - name: ibm.com/nvme\n      selectors: { classes: ["010802"] }\n      binding: { mode: managed, allowedDrivers: [nvme], timeoutSeconds: 20 }\n    - name: ibm.com/gpu\n      selectors: { vendors: ["10de"] }\n      binding: static\n',
+    );
+    const objects = renderChart([values], FORCE_DRA);
+    expect(mountAt(objects, '/host/sys')?.mount.readOnly).toBe(false);
+    const proc = mountAt(objects, '/host/proc');
+    expect(proc?.volume.hostPath).toEqual({ path: '/proc', type: 'Directory' });
+    expect(proc?.mount.readOnly).toBe(true);
+    const settings = await settingsOf(objects);
+    expect(settings.procRoot).toBe('/host');
+    expect(settings.sysfsRoot).toBe('/host');
+    expect(settings.resources.map((r) => r.binding)).toEqual([{ mode: 'managed', allowedDrivers: ['nvme'], timeoutSeconds: 20 }, { mode: 'static', timeoutSeconds: 30 }]);
+    // Without managed binding nothing changes: sysfs stays read-only and /proc is not mounted.
+    const plain = renderChart([], FORCE_DRA);
+    expect(mountAt(plain, '/host/sys')?.mount.readOnly).toBe(true);
+    expect(mountAt(plain, '/host/proc')).toBeUndefined();
   });
 
   it('follows another driver name and kubelet root: flags, mounts, class selectors and config all agree', async () => {

@@ -66,6 +66,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $cdi = dict "enabled" .Values.cdi.enabled -}}
 {{- end -}}
 {{- $config := dict "resources" .Values.config.resources "handoff" $handoff "cdi" $cdi -}}
+{{- if eq (include "pvdp.managedBinding" .) "true" -}}
+{{- /* The host's /proc is mounted at /host/proc: mounts and open files are checked there. */ -}}
+{{- $_ := set $config "procRoot" "/host" -}}
+{{- end -}}
 # Rendered by the power-vfio-device-plugin chart from its values (config.resources, handoff, cdi).
 {{ toYaml $config }}
 {{- end -}}
@@ -120,6 +124,26 @@ twice, and handoff options only on handoff resources.
 {{- if and $r.preparation $r.preparation.mode -}}{{- $mode = $r.preparation.mode -}}{{- end -}}
 {{- if and $r.preparation (hasKey $r.preparation "handoff") (ne $mode "handoff") -}}
 {{- fail (printf "config.resources[%d].preparation.handoff: is only used with mode: handoff (mode is %s)" $i $mode) -}}
+{{- end -}}
+{{- $binding := dict -}}
+{{- if kindIs "string" $r.binding -}}{{- $binding = dict "mode" $r.binding -}}{{- else if $r.binding -}}{{- $binding = $r.binding -}}{{- end -}}
+{{- $bindingMode := default "static" $binding.mode -}}
+{{- if and (eq $bindingMode "managed") (not $binding.allowedDrivers) -}}
+{{- fail (printf "config.resources[%d].binding.allowedDrivers: is required with mode: managed: name the host drivers it may take devices from, for example [nvme]" $i) -}}
+{{- end -}}
+{{- if and (eq $bindingMode "static") $binding.allowedDrivers -}}
+{{- fail (printf "config.resources[%d].binding.allowedDrivers: is only used with mode: managed (mode is static)" $i) -}}
+{{- end -}}
+{{- range $binding.allowedDrivers -}}
+{{- if contains "vfio" . -}}
+{{- fail (printf "config.resources[%d].binding.allowedDrivers: %s names a VFIO driver: managed binding moves functions to vfio-pci; list the host drivers it may take them from" $i .) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $bindingMode "managed") $r.selectors.drivers -}}
+{{- fail (printf "config.resources[%d].selectors.drivers: cannot be used with binding mode managed: the driver of a managed group changes when a claim takes it; use binding.allowedDrivers" $i) -}}
+{{- end -}}
+{{- if and (eq $bindingMode "managed") (ne (include "pvdp.kubeletApi" $) "dra") -}}
+{{- fail (printf "config.resources[%d].binding.mode: managed binding needs the DRA front end (kubeletApi: dra): the device plugin API has no prepare step to rebind in" $i) -}}
 {{- end -}}
 {{- if hasKey $seen $r.name -}}
 {{- fail (printf "%s: duplicates config.resources[%d].name" $where (get $seen $r.name)) -}}
@@ -186,4 +210,16 @@ a valid DeviceClass name that no other resource gives.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+"true" when some resource uses managed binding: the plugin then writes sysfs
+(driver_override, unbind, drivers_probe) and reads the host's /proc.
+*/}}
+{{- define "pvdp.managedBinding" -}}
+{{- $managed := false -}}
+{{- range .Values.config.resources -}}
+{{- if or (eq (toString .binding) "managed") (and (kindIs "map" .binding) (eq (toString .binding.mode) "managed")) -}}{{- $managed = true -}}{{- end -}}
+{{- end -}}
+{{- $managed -}}
 {{- end -}}

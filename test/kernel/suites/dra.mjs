@@ -7,17 +7,21 @@
 // window; the claim is unprepared while the pod holds the container; once the pod exits the
 // driver's VmLck is back at its baseline, the CDI spec, the handoff directory and the checkpoint
 // entry are gone, and the group opens again. A verify-mode claim is prepared and unprepared too.
+// Managed binding: the guest's virtio-rng (virtio-pci, in the non-viable group) is taken to vfio-pci
+// by a prepare and given back by the unprepare; the second edu, parked on pci-stub, is taken to
+// vfio-pci, verified and given back to pci-stub.
 // The payload is the handoff suite's (dist, addon, pods, pino) plus the DRA driver, the .proto
 // files and the gRPC, zod and yaml packages. Lines: `DRA PASS|FAIL TAG: name: detail`.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT } from '../harness.mjs';
+import { REPO_ROOT, provision } from '../harness.mjs';
+import { resolveModules } from '../lib/initramfs.mjs';
 import * as handoff from './handoff.mjs';
 
 export const name = 'dra';
 const DIR = join(REPO_ROOT, 'test', 'kernel', 'payloads', 'dra');
 const HANDOFF_ROUNDS = ['c', 'node'];
-const ROUNDS = [...HANDOFF_ROUNDS, 'verify'];
+const ROUNDS = [...HANDOFF_ROUNDS, 'verify', 'managed', 'stub'];
 
 export function available() {
   const own = [join(DIR, 'dra-driver.mjs'), join(REPO_ROOT, 'proto', 'dra', 'v1', 'dra.proto'), join(REPO_ROOT, 'src', 'dra', 'driver.ts')];
@@ -37,11 +41,21 @@ export function prepare() {
       proto: { hostDir: join(REPO_ROOT, 'proto'), filter: (rel, st) => st.isDirectory() || rel.endsWith('.proto') },
       ...handoff.nodeModulesClosure(['pino', '@grpc/grpc-js', '@grpc/proto-loader', 'zod', 'yaml']),
       'dra-driver.mjs': { hostPath: join(DIR, 'dra-driver.mjs'), mode: 0o644 },
+      // The stub round parks the second edu on pci-stub: a module in Debian's kernel, not in the base image.
+      ...pciStubModule(),
     },
     machines: ['pseries'],
+    // The non-viable group (a pci-testdev on vfio-pci beside a virtio-rng on virtio-pci) is the managed round's.
+    nonViable: true,
     command: () => `exec node dra-driver.mjs --dist /payload/dist --addon /payload/vfio_native.node --pod /payload/pod --rounds ${ROUNDS.join(',')} --memory 1Mi`,
     timeoutMs: 240_000,
   };
+}
+
+function pciStubModule() {
+  const modules = resolveModules(provision().kernel.modulesDir, ['pci_stub']);
+  const stub = modules.find((m) => m.name === 'pci_stub');
+  return stub ? { 'pci-stub.ko': stub.data } : {};
 }
 
 export function evaluate(machine, r) {
@@ -62,6 +76,8 @@ export function evaluate(machine, r) {
       (t) => !has(t, 'pod: edu DMA RAM -> device -> RAM') || !has(t, 'NodeUnprepareResources while the pod holds') || !has(t, "after the pod exits the driver's VmLck"),
     ),
     ...(has('verify', 'NodeUnprepareResources removes') ? [] : ['verify']),
+    ...(has('managed', 'NodeUnprepareResources gives') ? [] : ['managed']),
+    ...(has('stub', 'NodeUnprepareResources gives') ? [] : ['stub']),
   ];
   const counted = summary ? Number(summary[1]) + Number(summary[2]) : -1;
   results.push({

@@ -17,6 +17,13 @@
 // gone, the checkpoint without the claim, and the group must open again.
 // A verify round: a claim without configuration (the resource's verify mode) prepared and
 // unprepared on the real kernel.
+// Managed binding rounds (the drivers before, during and after are in the PASS lines):
+//   managed  the guest's virtio-rng on virtio-pci (in the non-viable group beside a pci-testdev on
+//            vfio-pci) under a resource with binding managed: taken to vfio-pci by a prepare and
+//            given back by the unprepare; a verify claim is rolled back because this PE gets no
+//            DMA window any more (see managedVirtioRound).
+//   stub     the second edu parked on pci-stub: taken to vfio-pci, the verify sequence runs, given
+//            back to pci-stub.
 // One line per check: `DRA PASS|FAIL TAG: name: detail` (the pod's own lines are relayed with its
 // tag); last `DRA SUMMARY passed=N failed=N`.
 //
@@ -37,10 +44,12 @@ const dist = resolve(opt('dist', '/payload/dist'));
 const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
 const podC = resolve(opt('pod', '/payload/pod'));
 const podNode = join(dirname(podC), 'pod-node.mjs');
-const rounds = opt('rounds', 'c,node,verify').split(',');
+const rounds = opt('rounds', 'c,node,verify,managed,stub').split(',');
 const memorySize = opt('memory', '1Mi');
 const group = Number((process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]);
 const bdf = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0];
+// The second edu: parked on pci-stub for the managed stub round.
+const stubBdf = (process.env.PVDP_BDFS ?? '').split(',')[1] ?? null;
 
 const load = (rel) => import(pathToFileURL(join(dist, rel)).href);
 const { NativeBinding, loadNativeAddon } = await load('vfio/native-binding.js');
@@ -98,9 +107,9 @@ const busybox = (applet, argv) => execFileSync(existsSync('/bin/busybox') ? '/bi
 const listDir = (p) => (existsSync(p) ? readdirSync(p).sort() : null);
 const show = (list) => (list === null ? 'absent' : list.length ? list.join(',') : 'empty');
 
-async function groupOpens() {
+async function groupOpens(which = group) {
   try {
-    const fd = await b.openGroup('/', group);
+    const fd = await b.openGroup('/', which);
     await b.close(fd);
     return 'opened and closed';
   } catch (err) {
@@ -129,7 +138,21 @@ if (!Number.isInteger(group) || !bdf || memoryBytes === null) {
 const dir = mkdtempSync('/tmp/pvdp-dra-');
 const nodeName = 'pseries-guest';
 const driver = DEFAULT_DRIVER_NAME;
-const resources = [resourceSchema.parse({ name: 'example.com/edu', selectors: { vendors: ['1234'] }, preparation: { mode: 'verify' } })];
+const resources = [
+  // The first edu only: the second is the managed resource's (a group belongs to one resource).
+  resourceSchema.parse({ name: 'example.com/edu', selectors: { vendors: ['1234'], addresses: [bdf || '*'] }, preparation: { mode: 'verify' } }),
+  // The virtio-rng stays with virtio-pci until a claim takes its group.
+  resourceSchema.parse({
+    name: 'example.com/virtio-rng',
+    selectors: { vendors: ['1af4'] },
+    preparation: { mode: 'none' },
+    binding: { mode: 'managed', allowedDrivers: ['virtio-pci'], timeoutSeconds: 30 },
+  }),
+  // The second edu, parked on pci-stub until a claim takes it.
+  ...(stubBdf
+    ? [resourceSchema.parse({ name: 'example.com/edu-managed', selectors: { addresses: [stubBdf] }, preparation: { mode: 'verify' }, binding: { mode: 'managed', allowedDrivers: ['pci-stub'], timeoutSeconds: 30 } })]
+    : []),
+];
 const settings = {
   configFile: null,
   kubeletApi: 'dra',
@@ -440,6 +463,217 @@ async function verifyRound(tag) {
   );
 }
 
+/** `BDF:driver` of every member of group `g`, from sysfs. */
+function membersDrivers(g) {
+  const dir = `/sys/kernel/iommu_groups/${g}/devices`;
+  return (listDir(dir) ?? []).map((m) => {
+    let d = 'none';
+    try {
+      d = readlinkSync(`${dir}/${m}/driver`).split('/').pop();
+    } catch {
+      // Unbound.
+    }
+    return `${m}:${d}`;
+  });
+}
+
+/** The virtio bus driver on the virtio device under `bdf` (virtio_rng once virtio-pci is back). */
+function virtioChildDriver(bdf) {
+  const dir = `/sys/bus/pci/devices/${bdf}`;
+  const child = (listDir(dir) ?? []).find((n) => /^virtio\d+$/.test(n));
+  if (!child) return 'no virtio device';
+  try {
+    return `${child}:${readlinkSync(`${dir}/${child}/driver`).split('/').pop()}`;
+  } catch {
+    return `${child}:none`;
+  }
+}
+
+/** Opens group `g`, reads GROUP_GET_STATUS, closes: "viable" or why not. */
+async function groupViable(g) {
+  let fd;
+  try {
+    fd = await b.openGroup('/', g);
+    const st = await b.groupGetStatus(fd);
+    return st.viable ? 'opens, viable' : `opens, not viable (flags 0x${st.flags.toString(16)})`;
+  } catch (err) {
+    return `${err.code ?? ''} ${err.message}`;
+  } finally {
+    if (fd !== undefined) await b.close(fd).catch(() => undefined);
+  }
+}
+
+/** Runs `fn` while sampling the driver of `address` every few ms: the drivers seen meanwhile. */
+async function sampling(address, fn) {
+  const seen = [];
+  const sample = () => {
+    let d = 'none';
+    try {
+      d = readlinkSync(`/sys/bus/pci/devices/${address}/driver`).split('/').pop();
+    } catch {
+      // Unbound for a moment.
+    }
+    if (seen.at(-1) !== d) seen.push(d);
+  };
+  sample();
+  const timer = setInterval(sample, 5);
+  try {
+    return { result: await fn(), seen };
+  } finally {
+    clearInterval(timer);
+    sample();
+  }
+}
+
+const driverMap = (list) => Object.fromEntries(list.map((m) => [m.slice(0, m.lastIndexOf(':')), m.slice(m.lastIndexOf(':') + 1)]));
+
+/**
+ * The virtio round: the guest's virtio-rng (virtio-pci) under a managed resource (mode none). A
+ * claim in verify mode is taken to vfio-pci, and the QEMU pseries kernel then refuses every DMA
+ * window on that PE (virtio-pci's dynamic window failed at boot: "in failed DDW device list"), so
+ * the prepare fails and everything is rolled back to virtio-pci. A claim in mode none is taken, the
+ * group opens viable, and the unprepare gives the function back.
+ */
+async function managedVirtioRound(tag) {
+  const topology = daemon.topology();
+  const grp = [...topology.groups.values()].find((x) => x.functions.some((f) => f.vendor === '1af4'));
+  if (!grp) {
+    report(false, tag, 'the guest has a virtio device on virtio-pci', `no function of vendor 1af4 in ${topology.groups.size} groups: boot with nonViable`);
+    return;
+  }
+  const g = grp.id;
+  const name = deviceNameOf(grp);
+  const virtio = grp.functions.find((f) => f.vendor === '1af4');
+  const before = membersDrivers(g);
+  // The virtio device on top of virtio-pci comes back too (bound to virtio_rng where that driver is loaded).
+  const childBefore = virtioChildDriver(virtio.address);
+  let health;
+  try {
+    health = await kubelet.waitForHealth(driver, (h) => h.some((e) => e.device === name), 10_000);
+  } catch (err) {
+    health = err;
+  }
+  const mine = Array.isArray(health) ? health.find((e) => e.device === name) : undefined;
+  report(
+    virtio.driver === 'virtio-pci' && mine?.health === 'HEALTHY',
+    tag,
+    `the managed resource publishes group ${g} healthy while its virtio function is on its host driver`,
+    `device ${name}, drivers before ${before.join(' ')}, health ${mine ? `${mine.health}${mine.message ? ` (${mine.message})` : ''}` : Array.isArray(health) ? 'not listed' : health.message}`,
+  );
+
+  // Verify mode: taken, then the kernel refuses the window; the rollback gives the function back.
+  const failing = store.put(
+    allocatedClaim({ name: 'rng-verify', driver, pool: nodeName, devices: [{ request: 'rng', device: name }], config: [{ source: 'FromClaim', parameters: preparationParameters({ mode: 'verify' }) }] }),
+  );
+  const tried = await sampling(virtio.address, async () => (await kubelet.prepare(driver, [failing]))[failing.uid]);
+  const afterRollback = membersDrivers(g);
+  report(
+    /create-window|MAP_DMA/.test(tried.result?.error ?? '') &&
+      tried.seen.includes('vfio-pci') &&
+      virtioChildDriver(virtio.address) === childBefore &&
+      JSON.stringify(driverMap(afterRollback)) === JSON.stringify(driverMap(before)) &&
+      !(failing.uid in checkpointClaims()),
+    tag,
+    `a verify claim takes ${virtio.address} to vfio-pci; the kernel refuses a DMA window on this PE, and the rollback gives it back to virtio-pci`,
+    `driver before virtio-pci, during ${tried.seen.join(' -> ')}, after ${afterRollback.join(' ')}; virtio device ${childBefore} before, ${virtioChildDriver(virtio.address)} after; error "${(tried.result?.error ?? 'no answer').slice(0, 300)}"`,
+  );
+
+  // Mode none: taken and held for the claim, given back at unprepare.
+  const ref = store.put(allocatedClaim({ name: 'rng-managed', driver, pool: nodeName, devices: [{ request: 'rng', device: name }] }));
+  const answer = (await kubelet.prepare(driver, [ref]))[ref.uid];
+  const during = membersDrivers(g);
+  const override = readFileSync(`/sys/bus/pci/devices/${virtio.address}/driver_override`, 'utf8').trim();
+  const viable = await groupViable(g);
+  report(
+    answer?.error === '' && during.every((m) => m.endsWith(':vfio-pci')) && override === 'vfio-pci' && viable === 'opens, viable',
+    tag,
+    `NodePrepareResources takes ${virtio.address} from virtio-pci to vfio-pci; the group opens and is viable`,
+    `error "${answer?.error ?? 'no answer'}"; driver before ${before.join(' ')}, during ${during.join(' ')}; driver_override ${override}; group ${g} ${viable}`,
+  );
+  if (answer?.error !== '') return;
+  const cp = checkpointClaims()[ref.uid];
+  const recorded = cp?.bindings?.[0]?.functions?.find((f) => f.address === virtio.address);
+  report(
+    cp?.state === 'prepared' && recorded?.driver === 'virtio-pci' && recorded.driverOverride === null,
+    tag,
+    'the checkpoint records the original driver of every function',
+    cp ? `state ${cp.state}, ${cp.bindings?.[0]?.functions?.map((f) => `${f.address}:${f.driver}/${f.driverOverride ?? '(null)'}`).join(' ')}` : 'no entry',
+  );
+  const un = (await kubelet.unprepare(driver, [ref]))[ref.uid];
+  const after = membersDrivers(g);
+  const overrideAfter = readFileSync(`/sys/bus/pci/devices/${virtio.address}/driver_override`, 'utf8').trim();
+  report(
+    un?.error === '' && JSON.stringify(driverMap(after)) === JSON.stringify(driverMap(before)) && overrideAfter === '(null)' && virtioChildDriver(virtio.address) === childBefore && !(ref.uid in checkpointClaims()),
+    tag,
+    `NodeUnprepareResources gives ${virtio.address} back to virtio-pci`,
+    `error "${un?.error ?? 'no answer'}"; driver before ${before.join(' ')}, during ${during.join(' ')}, after ${after.join(' ')}; driver_override ${overrideAfter}; virtio device ${childBefore} before, ${virtioChildDriver(virtio.address)} after`,
+  );
+}
+
+/**
+ * The stub round: the second edu handed to the host's pci-stub driver (as an operator parks a
+ * device), then a verify claim under a managed resource takes it to vfio-pci, the whole verify
+ * sequence runs on the real kernel (pci-stub sets no DMA mask, so the PE keeps its windows), and
+ * the unprepare gives it back to pci-stub.
+ */
+async function managedStubRound(tag) {
+  if (!stubBdf) {
+    report(false, tag, 'the guest has a second edu for the pci-stub round', `PVDP_BDFS=${process.env.PVDP_BDFS}`);
+    return;
+  }
+  const sys = `/sys/bus/pci/devices/${stubBdf}`;
+  try {
+    if (!existsSync('/sys/bus/pci/drivers/pci-stub')) execFileSync('insmod', ['/payload/pci-stub.ko']);
+    const write = (path, value) => execFileSync('sh', ['-c', `echo ${value} > ${path}`]);
+    write(`${sys}/driver_override`, 'pci-stub');
+    if (existsSync(`${sys}/driver`)) write(`${sys}/driver/unbind`, stubBdf);
+    write('/sys/bus/pci/drivers_probe', stubBdf);
+  } catch (err) {
+    report(false, tag, `${stubBdf} is handed to pci-stub`, err.message);
+    return;
+  }
+  await daemon.refresh();
+  const grp = [...daemon.topology().groups.values()].find((x) => x.functions.some((f) => f.address === stubBdf));
+  const g = grp?.id;
+  const name = grp ? deviceNameOf(grp) : null;
+  const before = grp ? membersDrivers(g) : [];
+  let health;
+  try {
+    health = await kubelet.waitForHealth(driver, (h) => h.some((e) => e.device === name && e.health === 'HEALTHY'), 10_000);
+  } catch (err) {
+    health = err;
+  }
+  const mine = Array.isArray(health) ? health.find((e) => e.device === name) : undefined;
+  report(
+    before.join() === `${stubBdf}:pci-stub` && mine?.health === 'HEALTHY' && !existsSync(`/dev/vfio/${g}`),
+    tag,
+    `the managed resource publishes group ${g} healthy while its edu is on pci-stub`,
+    `device ${name}, drivers before ${before.join(' ')}, /dev/vfio/${g} ${existsSync(`/dev/vfio/${g}`) ? 'exists' : 'absent'}, health ${mine ? mine.health : Array.isArray(health) ? 'not listed' : health.message}`,
+  );
+  if (!name) return;
+  const ref = store.put(allocatedClaim({ name: 'edu-managed', driver, pool: nodeName, devices: [{ request: 'edu', device: name }] }));
+  const l0 = await b.lockedMemoryBytes();
+  const answer = (await kubelet.prepare(driver, [ref]))[ref.uid];
+  const during = membersDrivers(g);
+  const described = preparation.describe(g);
+  const viable = await groupViable(g);
+  report(
+    answer?.error === '' && during.join() === `${stubBdf}:vfio-pci` && /sPAPR/.test(described) && Boolean(preparation.lastVerification(g)) && viable === 'opens, viable' && (await b.lockedMemoryBytes()) === l0,
+    tag,
+    `NodePrepareResources takes ${stubBdf} from pci-stub to vfio-pci and the verify sequence runs on group ${g}`,
+    `error "${answer?.error ?? 'no answer'}"; driver before ${before.join(' ')}, during ${during.join(' ')}; ${described}; group ${g} ${viable}`,
+  );
+  const un = (await kubelet.unprepare(driver, [ref]))[ref.uid];
+  const after = membersDrivers(g);
+  const overrideAfter = readFileSync(`${sys}/driver_override`, 'utf8').trim();
+  report(
+    un?.error === '' && after.join() === `${stubBdf}:pci-stub` && overrideAfter === 'pci-stub' && !existsSync(`/dev/vfio/${g}`) && !(ref.uid in checkpointClaims()),
+    tag,
+    `NodeUnprepareResources gives ${stubBdf} back to pci-stub`,
+    `error "${un?.error ?? 'no answer'}"; driver before ${before.join(' ')}, during ${during.join(' ')}, after ${after.join(' ')}; driver_override ${overrideAfter}; /dev/vfio/${g} ${existsSync(`/dev/vfio/${g}`) ? 'exists' : 'gone'}`,
+  );
+}
+
 let lStart = null;
 let fStart = [];
 try {
@@ -449,6 +683,8 @@ try {
     for (const tag of rounds) {
       try {
         if (tag === 'verify') await verifyRound(tag);
+        else if (tag === 'managed') await managedVirtioRound(tag);
+        else if (tag === 'stub') await managedStubRound(tag);
         else await handoffRound(tag);
       } catch (err) {
         report(false, tag, 'round ran', `${err.code ?? ''} ${err.stack ?? err.message}`);
