@@ -39,8 +39,9 @@ describe('a node with 256 groups of 4 functions', () => {
     expect(topo.groups.size).toBe(256);
     expect(topo.issues).toEqual([]);
     expect([...topo.groups.values()].every((g) => g.usable && g.functions.length === 4)).toBe(true);
-    // The loop kept turning throughout: far more turns than one per group.
-    expect(turns).toBeGreaterThan(256);
+    // The loop kept turning throughout: a scan that blocked it would let it turn once or twice.
+    // (I/O completions batch per turn, so the count depends on the machine's speed, not on the groups.)
+    expect(turns).toBeGreaterThan(16);
   });
 
   it('rescans one group on its own', async () => {
