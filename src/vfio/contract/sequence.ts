@@ -1,6 +1,7 @@
 // Cases: the container sequence the plugin runs, end to end.
 import type { VfioBinding } from '../binding.js';
-import { prepareContainer, verifyGroups } from '../container-sequence.js';
+import { prepareContainer } from '../container-sequence.js';
+import { verifyGroups } from '../verify-groups.js';
 import { VfioPrepareError } from '../errors.js';
 import { type SimulatedProcess } from '../simulated-kernel.js';
 import { assert, equal, succeeds } from '../contract-assert.js';
