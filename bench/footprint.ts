@@ -4,7 +4,7 @@
 // after GC with the same after a warm-up.
 import { execFileSync } from 'node:child_process';
 import type { Benchmark } from './lib/context.js';
-import type { ChildSample } from './lib/daemon-child.js';
+import type { ChildSample } from './lib/child-protocol.js';
 import { RESOURCE, startChildPlugin } from './lib/plugin.js';
 import { sleep } from './lib/stats.js';
 

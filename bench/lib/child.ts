@@ -1,7 +1,7 @@
 // The benchmark side of lib/daemon-child.ts: spawn, request, stop.
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import type { ChildArgs, ChildReply, ChildSample } from './daemon-child.js';
+import type { ChildArgs, ChildReply, ChildSample } from './child-protocol.js';
 
 export class DaemonChild {
   private nextId = 1;

@@ -5,40 +5,9 @@
 //
 //   argv[2]: JSON { sysfsRoot, devRoot, dir, pollIntervalMs }
 import type { Daemon } from '../../src/daemon.js';
-import { createDaemon, benchSettings } from './plugin.js';
+import { createDaemon, benchSettings } from './bench-daemon.js';
+import type { ChildArgs, ChildReply, ChildRequest, ChildSample } from './child-protocol.js';
 import { FakeUeventSource } from '../../src/topology/uevents.js';
-
-export interface ChildArgs {
-  sysfsRoot: string;
-  devRoot: string;
-  dir: string;
-  pollIntervalMs: number;
-  /** Feed the watcher uevents sent by the benchmark (as the kernel would send them), instead of netlink. */
-  fakeUevents?: boolean;
-  /** Safety poll period while uevents arrive (the health benchmark keeps it at pollIntervalMs). */
-  ueventPollIntervalMs?: number;
-}
-
-export type ChildRequest =
-  | { id: number; cmd: 'start' }
-  | { id: number; cmd: 'sample'; gc: boolean }
-  | { id: number; cmd: 'stop' }
-  | { id: number; cmd: 'uevent'; message: string };
-
-export interface ChildSample {
-  rss: number;
-  heapUsed: number;
-  heapTotal: number;
-  external: number;
-  arrayBuffers: number;
-  /** process.resourceUsage(), microseconds. */
-  userCpuUs: number;
-  systemCpuUs: number;
-  maxRssKiB: number;
-  registrations: number;
-}
-
-export type ChildReply = { id: number; ok: true; sample?: ChildSample } | { id: number; ok: false; error: string };
 
 const args = JSON.parse(process.argv[2] ?? '{}') as ChildArgs;
 let daemon: Daemon | null = null;

@@ -1,60 +1,17 @@
 // The daemon on a sysfs tree, registered with the kubelet stand-in over real
 // unix sockets, as the CLI would run it with --simulate (verify mode on the
 // simulated POWER9 kernel).
-import type { UeventSource } from '../../src/topology/uevents.js';
 import { join } from 'node:path';
-import { Daemon } from '../../src/daemon.js';
-import { silentLogger } from '../../src/log.js';
+import type { Daemon } from '../../src/daemon.js';
 import { SimulatedKubelet } from '../../src/simulate/kubelet.js';
-import { buildPreparer } from '../../src/cli/preparation.js';
-import { parseConfigText } from '../../src/config/load.js';
-import { resolveSettings, type Settings } from '../../src/config/settings.js';
+import type { Settings } from '../../src/config/settings.js';
 import type { DiscoveryRoots } from '../../src/topology/types.js';
 import type { Device__Output } from '../../src/generated/v1beta1/Device.js';
+import { RESOURCE, benchSettings, createDaemon } from './bench-daemon.js';
 import { DaemonChild } from './child.js';
-import type { ChildSample } from './daemon-child.js';
+import type { ChildSample } from './child-protocol.js';
 
-/** The resource every benchmark advertises: the ConnectX-5 functions of `largeNode`. */
-export const RESOURCE = 'ibm.com/cx5';
-
-export const BENCH_CONFIG_YAML = `resources:
-  - name: ${RESOURCE}
-    selectors:
-      vendors: ["15b3"]
-      devices: ["1017"]
-    preparation:
-      mode: verify
-`;
-
-/**
- * Settings as the CLI resolves them from flags (so fields added to Settings
- * later get their defaults), with the bench configuration as the file.
- */
-export function benchSettings(roots: DiscoveryRoots, dir: string, pollIntervalMs: number): Promise<Settings> {
-  return resolveSettings(
-    {
-      'sysfs-root': roots.sysfsRoot,
-      'dev-root': roots.devRoot,
-      'device-plugin-dir': join(dir, 'dp'),
-      'pod-resources-socket': join(dir, 'pr.sock'),
-      'poll-interval': String(pollIntervalMs / 1000),
-      'log-level': 'silent',
-      simulate: true,
-    },
-    () => parseConfigText(BENCH_CONFIG_YAML, 'bench configuration'),
-  );
-}
-
-export async function createDaemon(settings: Settings, uevents: UeventSource | null = null, ueventPollIntervalMs?: number): Promise<Daemon> {
-  const logger = silentLogger();
-  const { preparer } = await buildPreparer({ simulate: true, devRoot: settings.devRoot, resources: settings.resources, logger });
-  return new Daemon(settings, {
-    logger,
-    uevents,
-    ...(ueventPollIntervalMs !== undefined ? { ueventPollIntervalMs } : {}),
-    ...(preparer ? { preparer } : {}),
-  });
-}
+export { BENCH_CONFIG_YAML, RESOURCE, benchSettings, createDaemon } from './bench-daemon.js';
 
 /** hrtime of the next `registered` event for the resource. */
 export function nextRegistration(kubelet: SimulatedKubelet, timeoutMs = 30_000): Promise<bigint> {

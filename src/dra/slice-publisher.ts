@@ -6,24 +6,12 @@
 // the API server is a best-effort audience here: nothing throws into the
 // caller, failures back off exponentially with jitter and are logged once per
 // change of state. @kubernetes/client-node is loaded on first use only.
-import * as http from 'node:http';
-import * as https from 'node:https';
-import type {
-  ConfigurationOptions,
-  CoreV1Api,
-  KubeConfig,
-  ObservableMiddleware,
-  RequestContext,
-  ResourceV1Api,
-  ResponseContext,
-  V1ResourceSlice,
-} from '@kubernetes/client-node';
+import type { KubeConfig, V1ResourceSlice } from '@kubernetes/client-node';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import { classifyApiError, type ApiErrorKind, type ClassifiedApiError } from '../report/api-errors.js';
+import type { ApiErrorKind, ClassifiedApiError } from '../report/api-errors.js';
+import { eachLimited, fromClientSlice, RequestFailure, SliceApi, Stopped, toClientSlice, watchResourceSlices, type Clients, type WatchEvent } from './slice-api.js';
 import { buildSlices, sameSliceContent, sliceFingerprint, type PublishedDevice, type ResourceSlice, type SliceContext } from './slices.js';
-
-type ClientModule = typeof import('@kubernetes/client-node');
 
 export type PublisherState = 'starting' | 'published' | 'retrying' | 'stopped';
 
@@ -71,14 +59,6 @@ export interface PublisherActivity {
   watchEvents: number;
 }
 
-class RequestFailure extends Error {
-  constructor(readonly detail: ClassifiedApiError) {
-    super(detail.message);
-  }
-}
-
-class Stopped extends Error {}
-
 const STATE_MESSAGES: Record<ApiErrorKind, string> = {
   unreachable: 'Kubernetes API unreachable',
   timeout: 'Kubernetes API did not answer in time',
@@ -96,14 +76,6 @@ const STATE_MESSAGES: Record<ApiErrorKind, string> = {
 const CONFLICT_RETRIES = 3;
 /** Slices written at the same time: a large pool comes back quickly after the kubelet deleted it. */
 const WRITE_CONCURRENCY = 4;
-const RESOURCE_SLICES_PATH = '/apis/resource.k8s.io/v1/resourceslices';
-
-interface Clients {
-  k8s: ClientModule;
-  kc: KubeConfig;
-  core: CoreV1Api;
-  resource: ResourceV1Api;
-}
 
 interface PublishedSlice {
   slice: ResourceSlice;
@@ -111,11 +83,6 @@ interface PublishedSlice {
   key: string;
   /** sliceFingerprint(slice), kept to compare watch events cheaply. */
   fingerprint: string;
-}
-
-interface WatchEvent {
-  type?: string;
-  object?: Record<string, unknown>;
 }
 
 export class SlicePublisher {
@@ -129,9 +96,7 @@ export class SlicePublisher {
   private readonly requestTimeoutMs: number;
   private readonly coalesceMs: number;
   private readonly random: () => number;
-  private readonly kubeConfigSource: SlicePublisherOptions['kubeConfig'];
-
-  private clients: Clients | null = null;
+  private readonly api: SliceApi;
 
   // What update() last accepted: the devices, their slices at generation 0 (built
   // with the Node uid known then) and the content key of those slices.
@@ -173,7 +138,6 @@ export class SlicePublisher {
   private running: Promise<void> | null = null;
   private rerun = false;
   private resyncTimer: NodeJS.Timeout | null = null;
-  private readonly inFlight = new Set<AbortController>();
 
   // The watch.
   /** Set while a watch request is open (or being opened). */
@@ -188,12 +152,12 @@ export class SlicePublisher {
     this.driver = options.driver;
     this.nodeName = options.nodeName;
     this.platform = options.platform;
-    this.kubeConfigSource = options.kubeConfig;
     this.logger = (options.logger ?? silentLogger()).child({ room: 'dra', driver: options.driver, node: options.nodeName });
     this.retryMinMs = options.retryMinMs ?? 500;
     this.retryMaxMs = Math.max(this.retryMinMs, options.retryMaxMs ?? 30_000);
     this.resyncMs = options.resyncMs ?? 60_000;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.api = new SliceApi(options.kubeConfig, this.requestTimeoutMs);
     this.coalesceMs = options.coalesceMs ?? 25;
     this.random = options.random ?? Math.random;
     // Check the names now: a wrong driver or node name is a configuration error, not an API failure.
@@ -251,7 +215,7 @@ export class SlicePublisher {
     if (this.resyncTimer) clearTimeout(this.resyncTimer);
     this.resyncTimer = null;
     this.stopWatch();
-    for (const controller of this.inFlight) controller.abort(new Stopped('slice publisher stopped'));
+    this.api.stop();
     await this.running?.catch(() => undefined);
     this.setState('stopped');
     this.resolveFirstAttempt?.();
@@ -282,7 +246,7 @@ export class SlicePublisher {
     return {
       timers: [this.timer, this.resyncTimer, this.watchTimer].filter((t) => t !== null).length,
       watching: this.watchAbort !== null,
-      requests: this.inFlight.size,
+      requests: this.api.requests,
       running: this.running !== null,
       watchEvents: this.watchEvents,
     };
@@ -386,7 +350,7 @@ export class SlicePublisher {
   /** Reads the Node when due, lists our slices, and writes only when they differ from what we want. */
   private async syncOnce(): Promise<void> {
     const doubtsBefore = this.doubts;
-    const clients = await this.client();
+    const clients = await this.api.client();
     if (this.nodeReadDue) await this.readNode(clients);
     const existing = await this.listOurs(clients);
 
@@ -474,7 +438,7 @@ export class SlicePublisher {
       const name = old.metadata?.name;
       if (!name || keep.has(name)) continue;
       this.logger.debug({ slice: name, generation: old.spec?.pool?.generation }, 'Deleting a ResourceSlice this pool no longer has');
-      await this.call('deleteResourceSlice', (o) => clients.resource.deleteResourceSlice({ name }, o)).catch((err: unknown) => {
+      await this.api.call('deleteResourceSlice', (o) => clients.resource.deleteResourceSlice({ name }, o)).catch((err: unknown) => {
         // Gone already (the kubelet, or an earlier attempt): that is what we wanted.
         if (err instanceof RequestFailure && err.detail.kind === 'notFound') return;
         throw err;
@@ -491,15 +455,15 @@ export class SlicePublisher {
       try {
         if (present) {
           const body = toClientSlice({ ...slice, metadata: { ...slice.metadata, ...(rv !== undefined ? { resourceVersion: rv } : {}) } });
-          return await this.call('replaceResourceSlice', (o) => clients.resource.replaceResourceSlice({ name, body }, o));
+          return await this.api.call('replaceResourceSlice', (o) => clients.resource.replaceResourceSlice({ name, body }, o));
         }
-        return await this.call('createResourceSlice', (o) => clients.resource.createResourceSlice({ body: toClientSlice(slice) }, o));
+        return await this.api.call('createResourceSlice', (o) => clients.resource.createResourceSlice({ body: toClientSlice(slice) }, o));
       } catch (err) {
         if (!(err instanceof RequestFailure) || attempt >= CONFLICT_RETRIES) throw err;
         if (err.detail.kind === 'conflict') {
           // Stale resourceVersion, or it exists already: take the server's version and replace it.
           try {
-            const current = await this.call('getResourceSlice', (o) => clients.resource.readResourceSlice({ name }, o));
+            const current = await this.api.call('getResourceSlice', (o) => clients.resource.readResourceSlice({ name }, o));
             rv = current.metadata?.resourceVersion;
             present = true;
           } catch (readErr) {
@@ -549,7 +513,7 @@ export class SlicePublisher {
       this.lastLoggedKind = detail.kind;
     }
     this.setState('retrying');
-    if (detail.kind === 'config') this.clients = null;
+    if (detail.kind === 'config') this.api.clients = null;
     // Whatever arrived meanwhile goes out with the retry.
     this.rerun = false;
     this.inBackoff = true;
@@ -570,52 +534,10 @@ export class SlicePublisher {
 
   // ---- requests --------------------------------------------------------------------------------
 
-  private async client(): Promise<Clients> {
-    if (this.clients) return this.clients;
-    try {
-      const k8s = await import('@kubernetes/client-node');
-      const source = this.kubeConfigSource;
-      const kc = typeof source === 'function' ? await source() : source;
-      this.clients = { k8s, kc, core: kc.makeApiClient(k8s.CoreV1Api), resource: kc.makeApiClient(k8s.ResourceV1Api) };
-      return this.clients;
-    } catch (err) {
-      throw new RequestFailure({ kind: 'config', operation: 'loadConfig', message: (err as Error).message });
-    }
-  }
-
-  /** One request with a deadline, cancellable by stop(), errors classified. */
-  private async call<T>(operation: string, send: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
-    if (this.stopped) throw new Stopped('slice publisher stopped');
-    const { k8s } = await this.client();
-    const controller = new AbortController();
-    this.inFlight.add(controller);
-    let timedOut = false;
-    const deadline = setTimeout(() => {
-      timedOut = true;
-      controller.abort(new Error(`no answer within ${this.requestTimeoutMs} ms`));
-    }, this.requestTimeoutMs);
-    const middleware: ObservableMiddleware = {
-      pre: (context: RequestContext) => {
-        context.setSignal(controller.signal);
-        return new k8s.Observable(Promise.resolve(context));
-      },
-      post: (context: ResponseContext) => new k8s.Observable(Promise.resolve(context)),
-    };
-    try {
-      return await send({ middleware: [middleware], middlewareMergeStrategy: 'append' });
-    } catch (err) {
-      if (this.stopped) throw new Stopped('slice publisher stopped');
-      throw new RequestFailure(classifyApiError(operation, err, timedOut, this.requestTimeoutMs));
-    } finally {
-      clearTimeout(deadline);
-      this.inFlight.delete(controller);
-    }
-  }
-
   /** The Node's uid for the ownerReference. Publishing goes on without it when the Node cannot be read. */
   private async readNode(clients: Clients): Promise<void> {
     try {
-      const node = await this.call('getNode', (o) => clients.core.readNode({ name: this.nodeName }, o));
+      const node = await this.api.call('getNode', (o) => clients.core.readNode({ name: this.nodeName }, o));
       this.nodeUid = node.metadata?.uid;
       this.nodeReadDue = false;
       this.nodeProblemLogged = false;
@@ -636,7 +558,7 @@ export class SlicePublisher {
 
   /** Every slice of this node and driver, whoever wrote it; the field selector is checked again here. */
   private async listOurs(clients: Clients): Promise<V1ResourceSlice[]> {
-    const list = await this.call('listResourceSlices', (o) =>
+    const list = await this.api.call('listResourceSlices', (o) =>
       clients.resource.listResourceSlice({ fieldSelector: this.fieldSelector() }, o),
     );
     this.listResourceVersion = list.metadata?.resourceVersion;
@@ -649,99 +571,42 @@ export class SlicePublisher {
 
   // ---- the watch -------------------------------------------------------------------------------
 
-  /**
-   * A plain streaming GET: client-node's Watch cannot be cancelled before the
-   * server answers, and a hanging server would keep it (and the process) alive.
-   */
   private startWatch(): void {
     if (this.stopped || this.watchAbort || this.watchTimer) return;
-    const clients = this.clients;
+    const clients = this.api.clients;
     const cluster = clients?.kc.getCurrentCluster();
     if (!clients || !cluster) return;
     const abort = new AbortController();
     this.watchAbort = abort;
-    const options: https.RequestOptions = {};
-    const fromVersion = this.listResourceVersion;
     const startedAt = Date.now();
-    let ended = false;
-    let idle: NodeJS.Timeout | null = null;
     // The server ends the watch after timeoutSeconds; spread them so many nodes do not reconnect together.
     const timeoutSeconds = 240 + Math.floor(this.random() * 120);
-    const clearIdle = () => {
-      if (idle) clearTimeout(idle);
-      idle = null;
-    };
-    const end = (err?: Error) => {
-      if (ended) return;
-      ended = true;
-      clearIdle();
-      if (this.watchAbort === abort) this.watchAbort = null;
-      abort.abort();
-      if (this.stopped) return;
-      // A watch that lived (the server ends each one after timeoutSeconds) is restarted at once; quick failures back off.
-      this.watchEnded(err, Date.now() - startedAt >= 1000);
-    };
-    void clients.kc
-      .applyToHTTPSOptions(options)
-      .then(() => {
-        if (abort.signal.aborted || this.stopped) return end();
-        const url = new URL(cluster.server.replace(/\/+$/, '') + RESOURCE_SLICES_PATH);
-        url.searchParams.set('watch', 'true');
-        url.searchParams.set('fieldSelector', this.fieldSelector());
-        url.searchParams.set('allowWatchBookmarks', 'true');
-        url.searchParams.set('timeoutSeconds', String(timeoutSeconds));
-        if (fromVersion) url.searchParams.set('resourceVersion', fromVersion);
-        const transport = url.protocol === 'https:' ? https : http;
-        const headers = { ...(options.headers ?? {}), Accept: 'application/json' };
-        const req = transport.request(url, { ...options, headers, method: 'GET', signal: abort.signal });
-        idle = setTimeout(() => end(new Error(`the watch got no answer within ${this.requestTimeoutMs} ms`)), this.requestTimeoutMs);
-        idle.unref?.();
-        req.on('error', (err) => end(err));
-        req.on('response', (res) => {
-          clearIdle();
-          if (res.statusCode !== 200) {
-            res.resume();
-            return end(new Error(`the watch was refused with HTTP ${res.statusCode}`));
-          }
-          // Bookmarks come about once a minute; silence far beyond the watch's own timeout means a dead connection.
-          const armIdle = () => {
-            clearIdle();
-            idle = setTimeout(() => end(new Error('the watch went silent')), timeoutSeconds * 1000 + this.requestTimeoutMs);
-            idle.unref?.();
-          };
-          armIdle();
-          let buffered = '';
-          res.setEncoding('utf8');
-          res.on('data', (chunk: string) => {
-            armIdle();
-            buffered += chunk;
-            let newline = buffered.indexOf('\n');
-            while (newline >= 0) {
-              const line = buffered.slice(0, newline).trim();
-              buffered = buffered.slice(newline + 1);
-              newline = buffered.indexOf('\n');
-              if (!line) continue;
-              let event: WatchEvent;
-              try {
-                event = JSON.parse(line) as WatchEvent;
-              } catch {
-                continue;
-              }
-              if (event.type === 'ERROR') {
-                // 410 Gone: our resourceVersion is too old; list again and watch from there.
-                this.listResourceVersion = undefined;
-                return end(new Error(`the watch ended with an error: ${String(event.object?.['message'] ?? 'unknown')}`));
-              }
-              this.onWatchEvent(event);
-            }
-          });
-          res.on('end', () => end());
-          res.on('error', (err) => end(err));
-          res.on('close', () => end());
-        });
-        req.end();
-      })
-      .catch((err: unknown) => end(err as Error));
+    watchResourceSlices(
+      {
+        clients,
+        server: cluster.server,
+        fieldSelector: this.fieldSelector(),
+        fromVersion: this.listResourceVersion,
+        timeoutSeconds,
+        requestTimeoutMs: this.requestTimeoutMs,
+        abort,
+      },
+      {
+        stopped: () => this.stopped,
+        onEvent: (event) => this.onWatchEvent(event),
+        onError: () => {
+          // 410 Gone: our resourceVersion is too old; list again and watch from there.
+          this.listResourceVersion = undefined;
+        },
+        onEnd: (err) => {
+          if (this.watchAbort === abort) this.watchAbort = null;
+          abort.abort();
+          if (this.stopped) return;
+          // A watch that lived (the server ends each one after timeoutSeconds) is restarted at once; quick failures back off.
+          this.watchEnded(err, Date.now() - startedAt >= 1000);
+        },
+      },
+    );
   }
 
   private stopWatch(): void {
@@ -794,53 +659,4 @@ export class SlicePublisher {
       this.doubt(`ResourceSlice ${metadata.name} appeared`);
     }
   }
-}
-
-/** Runs `work` on every item, at most `limit` at a time; stops taking new items after a failure and throws the first once all settled. */
-async function eachLimited<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const errors: unknown[] = [];
-  const worker = async (): Promise<void> => {
-    while (errors.length === 0 && next < items.length) {
-      const item = items[next++]!;
-      try {
-        await work(item);
-      } catch (err) {
-        errors.push(err);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  if (errors.length > 0) throw errors[0];
-}
-
-// ---- the client's model ------------------------------------------------------------------------
-// The generated models name the `int` attribute `_int` (and turn times into
-// Dates); the rest of ResourceSlice maps one to one. Everything else here works
-// on the wire's plain JSON.
-
-function toClientSlice(slice: ResourceSlice): V1ResourceSlice {
-  const copy = structuredClone(slice) as unknown as V1ResourceSlice;
-  for (const device of copy.spec.devices ?? []) {
-    for (const attribute of Object.values(device.attributes ?? {}) as Array<Record<string, unknown>>) {
-      if ('int' in attribute) {
-        attribute['_int'] = attribute['int'];
-        delete attribute['int'];
-      }
-    }
-  }
-  return copy;
-}
-
-function fromClientSlice(slice: V1ResourceSlice): ResourceSlice {
-  const json = JSON.parse(JSON.stringify(slice)) as ResourceSlice;
-  for (const device of json.spec?.devices ?? []) {
-    for (const attribute of Object.values(device.attributes ?? {}) as Array<Record<string, unknown>>) {
-      if ('_int' in attribute) {
-        attribute['int'] = attribute['_int'];
-        delete attribute['_int'];
-      }
-    }
-  }
-  return json;
 }

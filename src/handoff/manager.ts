@@ -14,10 +14,11 @@
 // - One claim; then the plugin closes its copies and removes the sockets.
 // - Unclaimed preparations are released after the claim timeout, when
 //   PodResources shows no pod holds the groups (the directories go too), and
-//   at shutdown (directories stay, so a restarted plugin adopts them).
+//   at shutdown (directories stay, so a restarted plugin adopts them).//
+// The parts: the directories and their records (allocation-record.ts), the slots and their
+// lifecycle (slots.ts) and the claim's serving (claims.ts); this file answers the kubelet's calls.
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readdir, rm, chmod, writeFile, unlink, lstat } from 'node:fs/promises';
+import { mkdir, readdir, rm, chmod, writeFile, unlink, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
@@ -25,46 +26,18 @@ import { RequestError } from '../errors.js';
 import type { IommuGroup } from '../topology/types.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { AllocationExtra } from '../prepare/types.js';
-import { containerDirFor } from './paths.js';
 import { resourceEnvSuffix } from '../inventory/advertised.js';
-import {
-  HANDOFF_PROTOCOL_VERSION,
-  HANDOFF_RECORD_NAME,
-  HANDOFF_SOCKET_DIR,
-  HANDOFF_SOCKET_NAME,
-  encodeResponse,
-  type HandoffDescription,
-} from './protocol.js';
-import { HandoffEndpoint, sendError, type EndpointLimits } from './server.js';
-import type { HandoffConnection, HandoffTransport } from './transport.js';
+import { ALLOCATION_DIR, claimTimeoutMsOf, containerDirFor, groupSetKey, readAllocationRecord } from './allocation-record.js';
+import { armClaimTimer, listenForClaim, type ClaimServing } from './claims.js';
+import type { HandoffPayload, HandoffSource } from './payload.js';
+import { HANDOFF_PROTOCOL_VERSION, HANDOFF_RECORD_NAME, HANDOFF_SOCKET_DIR, HANDOFF_SOCKET_NAME } from './protocol.js';
+import type { EndpointLimits } from './server.js';
+import { heldBy, releasePayload, removeAllocation, serial, SlotTable, type AllocationRecord, type DevicesInUse, type Slot, type SlotStatus } from './slots.js';
+import type { HandoffTransport } from './transport.js';
 
-/** What one preparation hands over. */
-export interface HandoffPayload {
-  description: HandoffDescription;
-  /** The plugin's fds in wire order: container, memory, groups. */
-  fds: number[];
-  /** The fds were delivered: close the plugin's copies only; the kernel objects live on in the claimer. */
-  handedOver(): Promise<void>;
-  /** Nobody claimed: undo everything. */
-  release(): Promise<void>;
-}
-
-/** Where the fds come from: the VFIO sequence on a node, anything fd-shaped in tests. */
-export type HandoffSource = (resource: ResourceConfig, groups: IommuGroup[]) => Promise<HandoffPayload>;
-
-/** The subset of a PodResources listing the manager needs. */
-export interface DevicesInUse {
-  /** When the listing was requested (ms since epoch). */
-  takenAtMs: number;
-  /** resource name -> device IDs held by some container. */
-  byResource: ReadonlyMap<string, ReadonlySet<string>>;
-  /**
-   * resource name -> the device ID sets held by single containers, each as
-   * sorted numeric IDs joined by ",". When given, a group set is held only if
-   * one container holds exactly it; without it, if every one of its groups is held.
-   */
-  groupSets?: ReadonlyMap<string, ReadonlySet<string>>;
-}
+export { claimTimeoutMsOf, containerDirFor, groupSetKey, readAllocationRecord, type AllocationFileRecord } from './allocation-record.js';
+export type { HandoffPayload, HandoffSource } from './payload.js';
+export type { DevicesInUse, SlotState, SlotStatus } from './slots.js';
 
 export interface HandoffManagerOptions {
   /** Host directory holding the per-allocation directories. */
@@ -86,137 +59,23 @@ export interface HandoffManagerOptions {
   now?: () => number;
 }
 
-export type SlotState = 'allocated' | 'preparing' | 'ready' | 'claiming' | 'claimed' | 'released' | 'failed';
-
-interface AllocationRecord {
-  id: string;
-  /** The per-allocation directory (the record, never mounted). */
-  dir: string;
-  /** Its `sock/` subdirectory: the only part the container sees (read-only). */
-  socketDir: string;
-  createdMs: number;
-  endpoint: HandoffEndpoint | null;
-}
-
-interface Slot {
-  key: string;
-  resourceName: string;
-  resource: ResourceConfig | null;
-  groups: number[];
-  allocations: AllocationRecord[];
-  state: SlotState;
-  payload: HandoffPayload | null;
-  reason: string;
-  timer: NodeJS.Timeout | null;
-  /** Last Allocate or PreStartContainer (ms). */
-  touchedMs: number;
-  /** Serialises prepare, release and removal of this slot. */
-  queue: Promise<void>;
-  claiming: Promise<void> | null;
-  claims: number;
-}
-
-export interface SlotStatus {
-  key: string;
-  resource: string;
-  groups: number[];
-  state: SlotState;
-  reason: string;
-  /** The per-allocation directories (records; never mounted). */
-  dirs: string[];
-  /** Their `sock/` subdirectories, the mounted part. */
-  socketDirs: string[];
-  sockets: string[];
-  claims: number;
-}
-
-const ALLOCATION_DIR = /^alloc-[0-9a-f]{16}$/;
-/** A record is a few hundred bytes; anything larger is not ours. */
-const MAX_RECORD_BYTES = 4096;
-const MAX_GROUP_ID = 1 << 20;
-
-export interface AllocationFileRecord {
-  version: 1;
-  resource: string;
-  groups: number[];
-  createdMs: number;
-}
-
-/**
- * Reads an allocation record without trusting the file: no symlinks
- * (O_NOFOLLOW), no blocking on a FIFO or device (O_NONBLOCK, then fstat must
- * say regular file), at most MAX_RECORD_BYTES, and validated field by field.
- * Returns the record or a reason.
- */
-export async function readAllocationRecord(path: string, nowMs: number): Promise<AllocationFileRecord | string> {
-  let handle;
-  try {
-    handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK | fsConstants.O_NOCTTY);
-  } catch (err) {
-    return `cannot open ${HANDOFF_RECORD_NAME}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
-  }
-  let text: string;
-  try {
-    const st = await handle.stat();
-    if (!st.isFile()) return `${HANDOFF_RECORD_NAME} is not a regular file`;
-    if (st.size > MAX_RECORD_BYTES) return `${HANDOFF_RECORD_NAME} is larger than ${MAX_RECORD_BYTES} bytes`;
-    const buffer = Buffer.alloc(MAX_RECORD_BYTES + 1);
-    let length = 0;
-    for (;;) {
-      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
-      if (length > MAX_RECORD_BYTES) return `${HANDOFF_RECORD_NAME} is larger than ${MAX_RECORD_BYTES} bytes`;
-    }
-    text = buffer.subarray(0, length).toString('utf8');
-  } catch (err) {
-    return `cannot read ${HANDOFF_RECORD_NAME}: ${(err as Error).message}`;
-  } finally {
-    await handle.close().catch(() => undefined);
-  }
-  let record: unknown;
-  try {
-    record = JSON.parse(text);
-  } catch {
-    return `${HANDOFF_RECORD_NAME} is not JSON`;
-  }
-  if (typeof record !== 'object' || record === null || Array.isArray(record)) return `${HANDOFF_RECORD_NAME} is not an object`;
-  const r = record as Record<string, unknown>;
-  if (r['version'] !== 1) return `${HANDOFF_RECORD_NAME} has an unknown version`;
-  const resource = r['resource'];
-  if (typeof resource !== 'string' || resource.length === 0 || resource.length > 253 || !/^[A-Za-z0-9._/-]+$/.test(resource)) return `${HANDOFF_RECORD_NAME} has no valid resource`;
-  const groups = r['groups'];
-  if (!Array.isArray(groups) || groups.length === 0 || groups.length > 64 || !groups.every((g) => Number.isInteger(g) && (g as number) >= 0 && (g as number) < MAX_GROUP_ID)) {
-    return `${HANDOFF_RECORD_NAME} has no valid groups`;
-  }
-  if (new Set(groups).size !== groups.length) return `${HANDOFF_RECORD_NAME} repeats a group`;
-  const createdMs = r['createdMs'];
-  if (typeof createdMs !== 'number' || !Number.isFinite(createdMs) || createdMs < 0 || createdMs > nowMs + 24 * 3600_000) return `${HANDOFF_RECORD_NAME} has no valid creation time`;
-  return { version: 1, resource, groups: groups as number[], createdMs };
-}
-
-export function groupSetKey(resource: string, groups: readonly number[]): string {
-  return `${resource}:${[...groups].sort((a, b) => a - b).join(',')}`;
-}
-
-export { containerDirFor } from './paths.js';
-
-export function claimTimeoutMsOf(resource: ResourceConfig | null, fallbackMs: number): number {
-  const seconds = resource?.preparation.handoff?.claimTimeoutSeconds;
-  return seconds !== undefined ? seconds * 1000 : fallbackMs;
-}
-
 export class HandoffManager {
-  private readonly slots = new Map<string, Slot>();
-  /** IOMMU group -> the slots whose group set contains it (a group is one kernel object, whatever the resource). */
-  private readonly byGroup = new Map<number, Set<Slot>>();
+  private readonly slots: SlotTable;
   private readonly logger: Logger;
   private readonly now: () => number;
+  private readonly serving: ClaimServing;
   private stopped = false;
 
   constructor(private readonly options: HandoffManagerOptions) {
     this.logger = (options.logger ?? silentLogger()).child({ room: 'handoff' });
     this.now = options.now ?? Date.now;
+    this.slots = new SlotTable(this.now);
+    this.serving = {
+      logger: this.logger,
+      transport: options.transport,
+      limits: options.limits,
+      claimTimeoutMs: (slot) => this.claimTimeoutMs(slot),
+    };
   }
 
   /**
@@ -257,61 +116,11 @@ export class HandoffManager {
       const stale = join(socketDir, HANDOFF_SOCKET_NAME);
       const staleStat = await lstat(stale).catch(() => null);
       if (staleStat && !staleStat.isDirectory()) await unlink(stale).catch(() => undefined);
-      const slot = this.slotFor(record.resource, record.groups, null);
+      const slot = this.slots.slotFor(record.resource, record.groups, null);
       slot.allocations.push({ id: name, dir, socketDir, createdMs: record.createdMs, endpoint: null });
       slot.allocations.sort((a, b) => a.createdMs - b.createdMs);
       this.logger.info({ dir, resource: record.resource, groups: record.groups }, 'Adopted a handoff directory of a previous run');
     }
-  }
-
-  private slotFor(resourceName: string, groups: readonly number[], resource: ResourceConfig | null): Slot {
-    const key = groupSetKey(resourceName, groups);
-    let slot = this.slots.get(key);
-    if (!slot) {
-      slot = {
-        key,
-        resourceName,
-        resource,
-        groups: [...groups].sort((a, b) => a - b),
-        allocations: [],
-        state: 'allocated',
-        payload: null,
-        reason: '',
-        timer: null,
-        touchedMs: this.now(),
-        queue: Promise.resolve(),
-        claiming: null,
-        claims: 0,
-      };
-      this.register(slot);
-    }
-    if (resource) slot.resource = resource;
-    return slot;
-  }
-
-  private register(slot: Slot): void {
-    this.slots.set(slot.key, slot);
-    for (const g of slot.groups) {
-      let set = this.byGroup.get(g);
-      if (!set) this.byGroup.set(g, (set = new Set()));
-      set.add(slot);
-    }
-  }
-
-  private unregister(slot: Slot): void {
-    if (this.slots.get(slot.key) === slot) this.slots.delete(slot.key);
-    for (const g of slot.groups) {
-      const set = this.byGroup.get(g);
-      set?.delete(slot);
-      if (set?.size === 0) this.byGroup.delete(g);
-    }
-  }
-
-  /** Other slots sharing a group with `slot`. */
-  private overlapping(slot: Slot): Slot[] {
-    const found = new Set<Slot>();
-    for (const g of slot.groups) for (const other of this.byGroup.get(g) ?? []) if (other !== slot) found.add(other);
-    return [...found];
   }
 
   /**
@@ -321,21 +130,16 @@ export class HandoffManager {
    * fail, so it is released. Claimed ones are the kernel's business.
    */
   private async releaseOverlapping(slot: Slot, why: string): Promise<void> {
-    for (const other of this.overlapping(slot)) {
+    for (const other of this.slots.overlapping(slot)) {
       await this.serial(other, async () => {
         if (other.claiming) await other.claiming;
-        if (other.state === 'ready') await this.releasePayload(other, why);
+        if (other.state === 'ready') await releasePayload(other, why, this.logger);
       });
     }
   }
 
   private serial<T>(slot: Slot, run: () => Promise<T>): Promise<T> {
-    const result = slot.queue.then(run);
-    slot.queue = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    return result;
+    return serial(slot, run);
   }
 
   private claimTimeoutMs(slot: Slot): number {
@@ -371,18 +175,18 @@ export class HandoffManager {
     const key = groupSetKey(resource.name, ids);
     const allocation: AllocationRecord = { id, dir, socketDir, createdMs, endpoint: null };
     for (;;) {
-      const slot = this.slotFor(resource.name, ids, resource);
+      const slot = this.slots.slotFor(resource.name, ids, resource);
       await this.releaseOverlapping(slot, `group(s) ${ids.join(', ')} were allocated to another container`);
       const placed = await this.serial(slot, async () => {
         if (this.slots.get(key) !== slot) {
           // reconcile() forgot this slot while we waited: bring it back, or join the one that replaced it.
           if (this.slots.has(key)) return false;
-          this.register(slot);
+          this.slots.register(slot);
         }
         if (slot.claiming) await slot.claiming;
         if (slot.state === 'ready') {
           // Every container of a pod is allocated before any starts: an unclaimed preparation now belongs to a pod that went.
-          await this.releasePayload(slot, 'the groups were allocated again');
+          await releasePayload(slot, 'the groups were allocated again', this.logger);
         }
         slot.resource = resource;
         slot.allocations.push(allocation);
@@ -390,7 +194,7 @@ export class HandoffManager {
         const max = this.options.maxAllocationsPerGroupSet ?? 8;
         while (slot.allocations.length > max) {
           const old = slot.allocations.shift()!;
-          await this.removeAllocation(old);
+          await removeAllocation(old);
         }
         return true;
       });
@@ -432,7 +236,7 @@ export class HandoffManager {
     await this.serial(slot, async () => {
       if (this.slots.get(key) !== slot || slot.allocations.length === 0) throw notAllocated();
       if (slot.claiming) await slot.claiming;
-      if (slot.state === 'ready') await this.releasePayload(slot, 'a new PreStartContainer for the same groups');
+      if (slot.state === 'ready') await releasePayload(slot, 'a new PreStartContainer for the same groups', this.logger);
       slot.state = 'preparing';
       slot.reason = '';
       slot.touchedMs = this.now();
@@ -453,30 +257,12 @@ export class HandoffManager {
       slot.touchedMs = this.now();
       // The timer first: whatever happens while listening, the preparation is released in the end.
       const timeoutMs = this.claimTimeoutMs(slot);
-      this.armTimer(slot, payload, timeoutMs);
-      const stillReady = () => slot.state === 'ready' && slot.payload === payload;
-      let listenError: Error | null = null;
-      for (const a of slot.allocations) {
-        if (!stillReady()) break;
-        const endpoint = (a.endpoint ??= new HandoffEndpoint(join(a.socketDir, HANDOFF_SOCKET_NAME), this.options.transport, { claim: (c) => this.claim(slot, c) }, this.logger, this.options.limits));
-        try {
-          await endpoint.listen();
-        } catch (err) {
-          if (a.endpoint === endpoint) a.endpoint = null;
-          listenError = err as Error;
-          break;
-        }
-        if (!stillReady()) {
-          // Claimed (or released) while this one was being opened: it must not stay open.
-          await endpoint.close();
-          if (a.endpoint === endpoint) a.endpoint = null;
-          break;
-        }
-      }
+      armClaimTimer(this.serving, slot, payload, timeoutMs);
+      const listenError = await listenForClaim(this.serving, slot, payload);
       if (listenError) {
         const reason = `cannot serve the handoff socket: ${listenError.message}`;
-        if (stillReady()) {
-          await this.releasePayload(slot, reason);
+        if (slot.state === 'ready' && slot.payload === payload) {
+          await releasePayload(slot, reason, this.logger);
           slot.state = 'failed';
           slot.reason = reason;
         }
@@ -488,113 +274,6 @@ export class HandoffManager {
       }
       this.logger.info({ resource: resource.name, groups: ids, sockets: slot.allocations.length, claimTimeoutMs: timeoutMs }, 'Prepared a handoff; waiting for the claim');
     });
-  }
-
-  private armTimer(slot: Slot, payload: HandoffPayload, timeoutMs: number): void {
-    if (slot.timer) clearTimeout(slot.timer);
-    slot.timer = setTimeout(() => {
-      slot.timer = null;
-      void this.serial(slot, async () => {
-        // A claim in flight decides first: if its send fails the preparation is ready again and goes now.
-        if (slot.claiming) await slot.claiming;
-        if (slot.state !== 'ready' || slot.payload !== payload) return;
-        await this.releasePayload(slot, `nobody claimed it within the claim timeout of ${timeoutMs / 1000} s`);
-      }).catch((err: unknown) => this.logger.error({ key: slot.key, err: (err as Error).message }, 'Releasing an unclaimed handoff failed'));
-    }, timeoutMs);
-    slot.timer.unref();
-  }
-
-  private async claim(slot: Slot, connection: HandoffConnection): Promise<void> {
-    switch (slot.state) {
-      case 'claimed':
-      case 'claiming':
-        await sendError(connection, 'PVDP_HANDOFF_ALREADY_CLAIMED', `The preparation of group(s) ${slot.groups.join(', ')} was already claimed; restart the container to prepare again`);
-        return;
-      case 'released':
-        await sendError(connection, 'PVDP_HANDOFF_RELEASED', `The preparation of group(s) ${slot.groups.join(', ')} was released: ${slot.reason}; restart the container to prepare again`);
-        return;
-      case 'failed':
-        await sendError(connection, 'PVDP_HANDOFF_RELEASED', `The preparation of group(s) ${slot.groups.join(', ')} failed: ${slot.reason}`);
-        return;
-      case 'allocated':
-      case 'preparing':
-        await sendError(connection, 'PVDP_HANDOFF_NOT_READY', `The preparation of group(s) ${slot.groups.join(', ')} is not ready yet; retry shortly`);
-        return;
-      case 'ready':
-        break;
-    }
-    const payload = slot.payload!;
-    slot.state = 'claiming';
-    let done!: () => void;
-    slot.claiming = new Promise<void>((resolve) => (done = resolve));
-    try {
-      const response = encodeResponse({ protocol: HANDOFF_PROTOCOL_VERSION, result: 'claimed', description: payload.description });
-      try {
-        await connection.send(response, payload.fds);
-      } catch (err) {
-        if ((err as { fdsDelivered?: unknown }).fdsDelivered !== true) {
-          // Nothing went out: the preparation stays available, under its claim timeout.
-          slot.state = 'ready';
-          if (!slot.timer) this.armTimer(slot, payload, this.claimTimeoutMs(slot));
-          this.logger.warn({ key: slot.key, err: (err as Error).message }, 'Sending a claimed handoff failed; it stays available');
-          return;
-        }
-        // The fds went out: the claimer holds them, so this is the claim, answered or not.
-        this.logger.warn({ key: slot.key, err: (err as Error).message }, 'The claimer got the fds but not the whole answer; the claim stands');
-      }
-      slot.state = 'claimed';
-      slot.claims += 1;
-      slot.payload = null;
-      if (slot.timer) clearTimeout(slot.timer);
-      slot.timer = null;
-      // Stop accepting first, so a late client finds no socket rather than a refusal.
-      for (const a of slot.allocations) {
-        await a.endpoint?.close();
-        a.endpoint = null;
-      }
-      try {
-        await payload.handedOver();
-      } catch (err) {
-        this.logger.error({ key: slot.key, err: (err as Error).message }, 'Closing the plugin\'s copies after a claim failed');
-      }
-      this.logger.info({ resource: slot.resourceName, groups: slot.groups }, 'Handoff claimed; the plugin holds nothing of it now');
-    } finally {
-      slot.claiming = null;
-      done();
-    }
-  }
-
-  /** Releases an unclaimed preparation; the sockets stay and answer PVDP_HANDOFF_RELEASED. Call inside serial(). */
-  private async releasePayload(slot: Slot, reason: string): Promise<void> {
-    if (slot.claiming) await slot.claiming;
-    if (slot.timer) clearTimeout(slot.timer);
-    slot.timer = null;
-    const payload = slot.payload;
-    slot.payload = null;
-    if (slot.state === 'ready' || slot.state === 'preparing') {
-      slot.state = 'released';
-      slot.reason = reason;
-    }
-    if (!payload) return;
-    this.logger.info({ resource: slot.resourceName, groups: slot.groups, reason }, 'Released an unclaimed handoff');
-    try {
-      await payload.release();
-    } catch (err) {
-      this.logger.error({ key: slot.key, err: (err as Error).message }, 'Releasing an unclaimed handoff failed');
-    }
-  }
-
-  private async removeAllocation(a: AllocationRecord): Promise<void> {
-    await a.endpoint?.close();
-    a.endpoint = null;
-    await rm(a.dir, { recursive: true, force: true });
-  }
-
-  /** Whether the listing shows a container holding exactly this slot's group set. */
-  private heldBy(slot: Slot, inUse: DevicesInUse): boolean {
-    if (inUse.groupSets) return inUse.groupSets.get(slot.resourceName)?.has(slot.groups.join(',')) ?? false;
-    const held = inUse.byResource.get(slot.resourceName);
-    return slot.groups.every((g) => held?.has(String(g)));
   }
 
   /**
@@ -617,8 +296,8 @@ export class HandoffManager {
    * the others go on.
    */
   async reconcile(inUse: DevicesInUse): Promise<void> {
-    for (const slot of [...this.slots.values()]) {
-      if (!this.removable(slot, inUse.takenAtMs) || this.heldBy(slot, inUse)) continue;
+    for (const slot of this.slots.all()) {
+      if (!this.removable(slot, inUse.takenAtMs) || heldBy(slot, inUse)) continue;
       try {
         await this.serial(slot, async () => {
           if (this.slots.get(slot.key) !== slot || !this.removable(slot, inUse.takenAtMs)) return;
@@ -631,17 +310,26 @@ export class HandoffManager {
     }
   }
 
+  status(): SlotStatus[] {
+    return this.slots.status();
+  }
+
+  /** Waits until every slot's queued work is done (tests). */
+  async idle(): Promise<void> {
+    await this.slots.idle();
+  }
+
   /** Releases an unclaimed preparation, removes the directories and forgets the slot. Call inside serial(). */
   private async removeSlot(slot: Slot, reason: string): Promise<void> {
-    await this.releasePayload(slot, reason);
+    await releasePayload(slot, reason, this.logger);
     const allocations = slot.allocations;
     slot.allocations = [];
     const failures: string[] = [];
     // The slot stays visible (status, idle) until its directories are gone.
     try {
-      for (const a of allocations) await this.removeAllocation(a).catch((err: unknown) => failures.push(`${a.dir}: ${(err as Error).message}`));
+      for (const a of allocations) await removeAllocation(a).catch((err: unknown) => failures.push(`${a.dir}: ${(err as Error).message}`));
     } finally {
-      this.unregister(slot);
+      this.slots.unregister(slot);
     }
     if (failures.length > 0) throw new Error(`removing ${failures.join('; ')}`);
   }
@@ -665,9 +353,9 @@ export class HandoffManager {
   /** Shutdown: release every unclaimed preparation and close every socket; directories stay for the next run. */
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const slot of this.slots.values()) {
+    for (const slot of this.slots.all()) {
       await this.serial(slot, async () => {
-        await this.releasePayload(slot, 'the plugin shut down');
+        await releasePayload(slot, 'the plugin shut down', this.logger);
         for (const a of slot.allocations) {
           await a.endpoint?.close();
           await a.endpoint?.drain();
@@ -677,22 +365,4 @@ export class HandoffManager {
     }
   }
 
-  status(): SlotStatus[] {
-    return [...this.slots.values()].map((s) => ({
-      key: s.key,
-      resource: s.resourceName,
-      groups: s.groups,
-      state: s.state,
-      reason: s.reason,
-      dirs: s.allocations.map((a) => a.dir),
-      socketDirs: s.allocations.map((a) => a.socketDir),
-      sockets: s.allocations.filter((a) => a.endpoint?.listening).map((a) => a.endpoint!.socketPath),
-      claims: s.claims,
-    }));
-  }
-
-  /** Waits until every slot's queued work is done (tests). */
-  async idle(): Promise<void> {
-    await Promise.all([...this.slots.values()].map((s) => s.queue));
-  }
 }

@@ -8,7 +8,8 @@ import type { ResourceConfig } from '../config/schema.js';
 import type { IommuGroup } from '../topology/types.js';
 import type { Preparer } from './types.js';
 import type { VfioBinding } from '../vfio/binding.js';
-import { verifyGroups, formatBytes, type GroupVerification } from '../vfio/container-sequence.js';
+import { formatBytes } from '../vfio/container-sequence.js';
+import { verifyGroups, type GroupVerification } from '../vfio/verify-groups.js';
 import { VfioPrepareError } from '../vfio/errors.js';
 
 export interface VerifyPreparerOptions {

@@ -6,7 +6,7 @@
 // (test/vfio/contract/other-process.mjs). Results are plain JSON: bigints are
 // decimal strings.
 import type { Platform, VfioBinding } from './binding.js';
-import { verifyGroups } from './container-sequence.js';
+import { verifyGroups } from './verify-groups.js';
 import { VfioError, VfioPrepareError } from './errors.js';
 import { PLATFORM_PROFILES } from './simulated-kernel.js';
 

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { SimulatedKernel } from '../../src/vfio/simulated-kernel.js';
-import { verifyGroups } from '../../src/vfio/container-sequence.js';
+import { verifyGroups } from '../../src/vfio/verify-groups.js';
 import { capabilitiesOf } from '../../src/prepare/capabilities.js';
 import { labelsFor } from '../../src/report/node-report.js';
 

@@ -1,7 +1,8 @@
 // The sPAPR sequence on the simulated kernel: call order, teardown order,
 // failure paths that leave nothing behind, window sizing and verify messages.
 import { describe, expect, it } from 'vitest';
-import { acceptedLevels, coalesceRanges, prepareContainer, verifyGroups } from '../../src/vfio/container-sequence.js';
+import { acceptedLevels, coalesceRanges, prepareContainer } from '../../src/vfio/container-sequence.js';
+import { verifyGroups } from '../../src/vfio/verify-groups.js';
 import { VfioPrepareError } from '../../src/vfio/errors.js';
 import { SimulatedKernel } from '../../src/vfio/simulated-kernel.js';
 import type { Platform } from '../../src/vfio/binding.js';
