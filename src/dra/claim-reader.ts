@@ -3,7 +3,7 @@
 // has a deadline, and a failure says whether the claim is gone (a refusal) or
 // the API server could not be asked (the kubelet retries).
 import type { KubeConfig } from '@kubernetes/client-node';
-import { classifyApiError } from '../report/api-errors.js';
+import { requestWithDeadline, RequestFailure } from '../report/api-request.js';
 import { ClaimRefusal, type ClaimRef } from './claim-allocation.js';
 import type { ClaimSource } from './claim-state.js';
 
@@ -15,26 +15,17 @@ export interface ApiClaimSourceOptions {
 
 export function apiClaimSource(options: ApiClaimSourceOptions): ClaimSource {
   const timeoutMs = options.timeoutMs ?? 10_000;
-  let api: Promise<{ read: (ref: ClaimRef, signal: AbortSignal) => Promise<unknown> }> | null = null;
+  let api: Promise<{ read: (ref: ClaimRef) => Promise<unknown> }> | null = null;
   const client = () => {
     api ??= (async () => {
       const k8s = await import('@kubernetes/client-node');
       const kc = await options.kubeConfig();
       const resource = kc.makeApiClient(k8s.ResourceV1Api);
       return {
-        read: (ref: ClaimRef, signal: AbortSignal) => {
-          const middleware = {
-            pre: (context: import('@kubernetes/client-node').RequestContext) => {
-              context.setSignal(signal);
-              return new k8s.Observable(Promise.resolve(context));
-            },
-            post: (context: import('@kubernetes/client-node').ResponseContext) => new k8s.Observable(Promise.resolve(context)),
-          };
-          return resource.readNamespacedResourceClaim(
-            { name: ref.name, namespace: ref.namespace },
-            { middleware: [middleware], middlewareMergeStrategy: 'append' },
-          );
-        },
+        read: (ref: ClaimRef) =>
+          requestWithDeadline(k8s, { operation: 'getResourceClaim', timeoutMs }, (o) =>
+            resource.readNamespacedResourceClaim({ name: ref.name, namespace: ref.namespace }, o),
+          ),
       };
     })().catch((err: unknown) => {
       // A configuration that could not be loaded is tried again at the next claim.
@@ -45,21 +36,14 @@ export function apiClaimSource(options: ApiClaimSourceOptions): ClaimSource {
   };
   return async (ref) => {
     const { read } = await client();
-    const controller = new AbortController();
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort(new Error(`no answer within ${timeoutMs} ms`));
-    }, timeoutMs);
     try {
       // The client returns plain objects with camelCase fields as the API server's JSON has them.
-      return await read(ref, controller.signal);
+      return await read(ref);
     } catch (err) {
-      const classified = classifyApiError('getResourceClaim', err, timedOut, timeoutMs);
+      if (!(err instanceof RequestFailure)) throw err;
+      const classified = err.detail;
       if (classified.kind === 'notFound') throw new ClaimRefusal(`ResourceClaim ${ref.namespace}/${ref.name} was not found`);
-      throw new Error(`cannot read ResourceClaim ${ref.namespace}/${ref.name} from the API server (${classified.kind}: ${classified.message}); the kubelet will retry`, { cause: err });
-    } finally {
-      clearTimeout(timer);
+      throw new Error(`cannot read ResourceClaim ${ref.namespace}/${ref.name} from the API server (${classified.kind}: ${classified.message}); the kubelet will retry`, { cause: err.cause ?? err });
     }
   };
 }

@@ -3,17 +3,8 @@
 // watch as a plain streaming GET, and the client model's spelling of a slice.
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type {
-  ConfigurationOptions,
-  CoreV1Api,
-  KubeConfig,
-  ObservableMiddleware,
-  RequestContext,
-  ResourceV1Api,
-  ResponseContext,
-  V1ResourceSlice,
-} from '@kubernetes/client-node';
-import { classifyApiError, type ClassifiedApiError } from '../report/api-errors.js';
+import type { ConfigurationOptions, CoreV1Api, KubeConfig, ResourceV1Api, V1ResourceSlice } from '@kubernetes/client-node';
+import { ApiRequests, RequestFailure, Stopped } from '../report/api-request.js';
 import type { ResourceSlice } from './slices.js';
 
 type ClientModule = typeof import('@kubernetes/client-node');
@@ -25,13 +16,7 @@ export interface Clients {
   resource: ResourceV1Api;
 }
 
-export class RequestFailure extends Error {
-  constructor(readonly detail: ClassifiedApiError) {
-    super(detail.message);
-  }
-}
-
-export class Stopped extends Error {}
+export { RequestFailure, Stopped };
 
 const RESOURCE_SLICES_PATH = '/apis/resource.k8s.io/v1/resourceslices';
 
@@ -43,23 +28,23 @@ export interface WatchEvent {
 export class SliceApi {
   /** The clients once loaded; null until then and after a configuration failure. */
   clients: Clients | null = null;
-  private stopped = false;
-  private readonly inFlight = new Set<AbortController>();
+  private readonly calls: ApiRequests;
 
   constructor(
     private readonly kubeConfig: KubeConfig | (() => KubeConfig | Promise<KubeConfig>),
     readonly requestTimeoutMs: number,
-  ) {}
+  ) {
+    this.calls = new ApiRequests(requestTimeoutMs, 'slice publisher');
+  }
 
   /** Requests on their way. */
   get requests(): number {
-    return this.inFlight.size;
+    return this.calls.requests;
   }
 
   /** Cancels the requests in flight; later requests fail with Stopped. */
   stop(): void {
-    this.stopped = true;
-    for (const controller of this.inFlight) controller.abort(new Stopped('slice publisher stopped'));
+    this.calls.stop();
   }
 
   async client(): Promise<Clients> {
@@ -77,31 +62,9 @@ export class SliceApi {
 
   /** One request with a deadline, cancellable by stop(), errors classified. */
   async call<T>(operation: string, send: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
-    if (this.stopped) throw new Stopped('slice publisher stopped');
+    if (this.calls.isStopped) throw new Stopped('slice publisher stopped');
     const { k8s } = await this.client();
-    const controller = new AbortController();
-    this.inFlight.add(controller);
-    let timedOut = false;
-    const deadline = setTimeout(() => {
-      timedOut = true;
-      controller.abort(new Error(`no answer within ${this.requestTimeoutMs} ms`));
-    }, this.requestTimeoutMs);
-    const middleware: ObservableMiddleware = {
-      pre: (context: RequestContext) => {
-        context.setSignal(controller.signal);
-        return new k8s.Observable(Promise.resolve(context));
-      },
-      post: (context: ResponseContext) => new k8s.Observable(Promise.resolve(context)),
-    };
-    try {
-      return await send({ middleware: [middleware], middlewareMergeStrategy: 'append' });
-    } catch (err) {
-      if (this.stopped) throw new Stopped('slice publisher stopped');
-      throw new RequestFailure(classifyApiError(operation, err, timedOut, this.requestTimeoutMs));
-    } finally {
-      clearTimeout(deadline);
-      this.inFlight.delete(controller);
-    }
+    return this.calls.call(k8s, operation, send);
   }
 }
 

@@ -1,16 +1,11 @@
 // The node reporter's requests to the Kubernetes API: the client, made lazily (and again after its
 // configuration failed), and each request with a deadline, cancellable on stop, its failure
 // classified into a kind an operator can act on.
-import {
-  CoreV1Api,
-  KubeConfig,
-  Observable,
-  type ConfigurationOptions,
-  type ObservableMiddleware,
-  type RequestContext,
-  type ResponseContext,
-} from '@kubernetes/client-node';
-import { classifyApiError, type ApiErrorKind } from './api-errors.js';
+import { CoreV1Api, KubeConfig, Observable, type ConfigurationOptions } from '@kubernetes/client-node';
+import type { ApiErrorKind } from './api-errors.js';
+import { ApiRequests, RequestFailure, Stopped } from './api-request.js';
+
+export { RequestFailure, Stopped };
 
 /** Who writes: the field manager of our patches and the source of our Events. */
 export const REPORTING_COMPONENT = 'power-vfio-device-plugin';
@@ -41,16 +36,6 @@ export function loadKubeConfig(kubeconfigPath?: string): KubeConfig {
   return kc;
 }
 
-/** A request that failed, classified. */
-export class RequestFailure extends Error {
-  constructor(readonly detail: Omit<ReporterError, 'at'>) {
-    super(detail.message);
-  }
-}
-
-/** The reporter stopped while a request was on its way; not a failure. */
-export class Stopped extends Error {}
-
 /** True when the API server does not know the object (the node, or an expired event). */
 export function isNotFound(err: unknown): boolean {
   return err instanceof RequestFailure && err.detail.kind === 'notFound';
@@ -58,13 +43,14 @@ export function isNotFound(err: unknown): boolean {
 
 export class ReporterRequests {
   private api: CoreV1Api | null = null;
-  private stopped = false;
-  private readonly inFlight = new Set<AbortController>();
+  private readonly requests: ApiRequests;
 
   constructor(
     private readonly kubeConfig: KubeConfig | (() => KubeConfig),
-    private readonly requestTimeoutMs: number,
-  ) {}
+    requestTimeoutMs: number,
+  ) {
+    this.requests = new ApiRequests(requestTimeoutMs, 'node reporter');
+  }
 
   client(): CoreV1Api {
     if (this.api) return this.api;
@@ -85,36 +71,11 @@ export class ReporterRequests {
 
   /** Cancels the requests in flight; later requests fail with Stopped. */
   stop(): void {
-    this.stopped = true;
-    for (const controller of this.inFlight) controller.abort(new Stopped('node reporter stopped'));
+    this.requests.stop();
   }
 
   /** One request with a deadline, cancellable by stop(), an optional patch content type, errors classified. */
-  async call<T>(operation: string, send: (options: ConfigurationOptions) => Promise<T>, contentType?: string): Promise<T> {
-    if (this.stopped) throw new Stopped('node reporter stopped');
-    const controller = new AbortController();
-    this.inFlight.add(controller);
-    let timedOut = false;
-    const deadline = setTimeout(() => {
-      timedOut = true;
-      controller.abort(new Error(`no answer within ${this.requestTimeoutMs} ms`));
-    }, this.requestTimeoutMs);
-    const middleware: ObservableMiddleware = {
-      pre: (context: RequestContext) => {
-        if (contentType) context.setHeaderParam('Content-Type', contentType);
-        context.setSignal(controller.signal);
-        return new Observable(Promise.resolve(context));
-      },
-      post: (context: ResponseContext) => new Observable(Promise.resolve(context)),
-    };
-    try {
-      return await send({ middleware: [middleware], middlewareMergeStrategy: 'append' });
-    } catch (err) {
-      if (this.stopped) throw new Stopped('node reporter stopped');
-      throw new RequestFailure(classifyApiError(operation, err, timedOut, this.requestTimeoutMs));
-    } finally {
-      clearTimeout(deadline);
-      this.inFlight.delete(controller);
-    }
+  call<T>(operation: string, send: (options: ConfigurationOptions) => Promise<T>, contentType?: string): Promise<T> {
+    return this.requests.call({ Observable }, operation, send, contentType);
   }
 }
