@@ -6,33 +6,18 @@
 // sysfs sends nothing), and a safety poll that fingerprints every group and
 // rescans only the ones whose fingerprint moved. All scans run one at a time
 // through a queue, so an event and a poll never interleave their updates.
+//
+// This module is the schedule and the rescan decisions; the event sources are
+// in watch-sources.ts.
 import { EventEmitter } from 'node:events';
-import { watch, type FSWatcher } from 'node:fs';
-import { stat } from 'node:fs/promises';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { diffTopologies, emptyTopology, isEmptyChange } from './diff.js';
 import { isGroupNumber } from './parse.js';
-import {
-  discoverGroup,
-  discoverTopology,
-  groupFingerprint,
-  iommuGroupsDir,
-  listGroupIds,
-  listVfioDevNodes,
-  vfioDevNodesOf,
-  mapLimit,
-  vfioDevDir,
-} from './scan.js';
+import { discoverGroup, discoverTopology, groupFingerprint, listGroupIds, listVfioDevNodes, vfioDevNodesOf, mapLimit } from './scan.js';
 import type { DiscoveryIssue, DiscoveryRoots, IommuGroup, Topology, TopologyChange } from './types.js';
-import {
-  NetlinkUeventSource,
-  isRealSysfs,
-  targetOfUevent,
-  type Uevent,
-  type UeventLossError,
-  type UeventSource,
-} from './uevents.js';
+import type { Uevent, UeventLossError, UeventSource } from './uevents.js';
+import { DirWatches, startUeventSource, stopUeventSource, targetsOfUevents, type WatchName } from './watch-sources.js';
 
 export interface TopologyWatcherOptions {
   /** Safety poll period; real sysfs sends no inotify events, so this bounds how stale a driver change can be. */
@@ -73,14 +58,6 @@ export interface TopologyWatcherStats {
   ueventsActive: boolean;
 }
 
-type WatchName = 'devVfio' | 'iommuGroups';
-
-interface ArmedWatch {
-  watcher: FSWatcher;
-  /** Inode of the watched directory: a recreated directory needs a new watch. */
-  ino: number;
-}
-
 const RECENT_LIMIT = 64;
 /** Beyond this many unhandled uevents, one full fingerprint pass is cheaper than mapping each. */
 const PENDING_UEVENT_LIMIT = 4096;
@@ -111,7 +88,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   /** When the pending debounce timer fires (performance.now()). */
   #debounceDue = 0;
   #pendingUevents: Uevent[] = [];
-  #watches = new Map<WatchName, ArmedWatch>();
+  readonly #watches: DirWatches;
   #pendingGroups = new Set<number>();
   #pendingAll = false;
   #pendingContainer = false;
@@ -132,6 +109,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#concurrency = options.concurrency ?? 32;
     this.#ueventDebounceMs = options.ueventDebounceMs ?? 2;
     this.#ueventOption = options.uevents;
+    this.#watches = new DirWatches(roots, this.#log, () => this.#stopped, (source, filename) => this.#onWatchEvent(source, filename));
   }
 
   /** First full scan, then watches and the poll. Resolves with the first topology. */
@@ -151,7 +129,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
       throw err;
     }
     if (!this.#stopped) {
-      await this.#armWatches();
+      await this.#watches.armAll();
       this.#schedulePoll();
     }
     return this.#topology;
@@ -180,7 +158,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     if (this.#debounceTimer !== null) clearTimeout(this.#debounceTimer);
     this.#pollTimer = null;
     this.#debounceTimer = null;
-    for (const name of [...this.#watches.keys()]) this.#disarm(name);
+    this.#watches.disarmAll();
     this.#stopUevents();
     this.#pendingUevents = [];
     this.#pendingGroups.clear();
@@ -318,7 +296,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
       this.#pollTimer = null;
       this.#enqueue(async () => {
         if (this.#stopped) return;
-        await this.#armWatches();
+        await this.#watches.armAll();
         await this.#poll();
       })
         .catch((err: unknown) => {
@@ -329,54 +307,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     }, this.#uevents !== null ? this.#ueventPollIntervalMs : this.#pollIntervalMs);
   }
 
-  async #armWatches(): Promise<void> {
-    await this.#arm('devVfio', vfioDevDir(this.#roots));
-    await this.#arm('iommuGroups', iommuGroupsDir(this.#roots));
-  }
-
-  /** (Re)arm one watch; a missing directory is retried at the next poll. */
-  async #arm(name: WatchName, dir: string): Promise<void> {
-    let ino: number;
-    try {
-      ino = (await stat(dir)).ino;
-    } catch {
-      if (this.#watches.has(name)) {
-        this.#log.debug({ dir }, 'Watched directory vanished; watching again when it returns');
-        this.#disarm(name);
-      }
-      return;
-    }
-    const armed = this.#watches.get(name);
-    if (armed !== undefined && armed.ino === ino) return;
-    if (armed !== undefined) this.#disarm(name);
-    if (this.#stopped) return;
-    try {
-      const watcher = watch(dir, { persistent: true }, (_event, filename) => this.#onWatchEvent(name, filename));
-      watcher.on('error', (err) => {
-        this.#log.debug({ err, dir }, 'Directory watch failed; the poll takes over');
-        this.#disarm(name);
-      });
-      this.#watches.set(name, { watcher, ino });
-      this.#log.debug({ dir }, 'Watching directory');
-    } catch (err) {
-      this.#log.debug({ err, dir }, 'Cannot watch directory yet; the poll takes over');
-    }
-  }
-
-  #disarm(name: WatchName): void {
-    const armed = this.#watches.get(name);
-    if (armed === undefined) return;
-    this.#watches.delete(name);
-    try {
-      armed.watcher.close();
-    } catch {
-      // Already closed.
-    }
-  }
-
-  #onWatchEvent(source: WatchName, filename: string | Buffer | null): void {
-    if (this.#stopped) return;
-    const name = filename === null ? null : filename.toString();
+  #onWatchEvent(source: WatchName, name: string | null): void {
     if (name !== null && isGroupNumber(name)) this.#pendingGroups.add(Number(name));
     // The container node changes no group: re-reading /dev/vfio is enough.
     else if (source === 'devVfio' && name === 'vfio') this.#pendingContainer = true;
@@ -404,36 +335,22 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   // ---- kernel uevents -------------------------------------------------------
 
   async #startUevents(): Promise<void> {
-    let source = this.#ueventOption;
-    if (source === undefined) {
-      source = (await isRealSysfs(this.#roots)) ? new NetlinkUeventSource({ logger: this.#log }) : null;
-    }
-    if (source === null || this.#stopped) return;
-    try {
-      source.start(
-        (event) => this.#onUevent(event),
-        (err) => this.#onUeventLost(err),
-      );
-      this.#uevents = source;
-      this.#log.debug({ source: source.kind }, 'Listening to kernel uevents');
-    } catch (err) {
-      // Once per start: the poll still finds every change, only later.
-      this.#log.warn(
-        { err, source: source.kind, pollIntervalMs: this.#pollIntervalMs },
-        'Kernel uevents are unavailable; driver and EEH changes are found by the safety poll only',
-      );
-    }
+    const source = await startUeventSource(
+      this.#ueventOption,
+      this.#roots,
+      this.#log,
+      this.#pollIntervalMs,
+      () => this.#stopped,
+      (event) => this.#onUevent(event),
+      (err) => this.#onUeventLost(err),
+    );
+    if (source !== null) this.#uevents = source;
   }
 
   #stopUevents(): void {
     const source = this.#uevents;
     this.#uevents = null;
-    if (source === null) return;
-    try {
-      source.stop();
-    } catch (err) {
-      this.#log.debug({ err }, 'Stopping the uevent source failed');
-    }
+    stopUeventSource(source, this.#log);
   }
 
   #onUevent(event: Uevent): void {
@@ -471,29 +388,10 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   async #mapUevents(): Promise<Set<number>> {
     const events = this.#pendingUevents;
     this.#pendingUevents = [];
-    const ids = new Set<number>();
-    if (events.length === 0) return ids;
-    let byFunction: Map<string, number[]> | null = null;
-    const groupsOfFunction = (address: string): number[] => {
-      if (byFunction === null) {
-        byFunction = new Map();
-        for (const g of this.#groups.values()) {
-          for (const f of g.functions) byFunction.set(f.address, [...(byFunction.get(f.address) ?? []), g.id]);
-        }
-      }
-      return byFunction.get(address) ?? [];
-    };
-    const ctx = { roots: this.#roots, groupsOfFunction };
-    const targets = await mapLimit(events, this.#concurrency, (e) => targetOfUevent(e, ctx));
-    targets.forEach((t, i) => {
-      const e = events[i] as Uevent;
-      if (t.kind === 'none') return;
-      this.#log.debug({ action: e.action, subsystem: e.subsystem, devpath: e.devpath, target: t }, 'Kernel uevent');
-      if (t.kind === 'groups') for (const id of t.groups) ids.add(id);
-      else if (t.kind === 'container') this.#pendingContainer = true;
-      else this.#pendingAll = true;
-    });
-    return ids;
+    const targets = await targetsOfUevents(events, this.#groups, this.#roots, this.#concurrency, this.#log);
+    if (targets.container) this.#pendingContainer = true;
+    if (targets.all) this.#pendingAll = true;
+    return targets.groups;
   }
 
   async #flush(): Promise<void> {
