@@ -1,7 +1,7 @@
 // The daemon as the benchmarks run it: the bench configuration, settings resolved as the CLI
 // would with --simulate, and the daemon on them (verify mode on the simulated POWER9 kernel).
 import { join } from 'node:path';
-import { buildPreparer } from '../../src/cli/preparation.js';
+import { buildPreparer } from '../../src/prepare/setup.js';
 import { parseConfigText } from '../../src/config/load.js';
 import { resolveSettings, type Settings } from '../../src/config/settings.js';
 import { Daemon } from '../../src/daemon.js';

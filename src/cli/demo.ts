@@ -15,7 +15,7 @@ import { writeSysfsTree, bindDriver } from '../simulate/sysfs-tree.js';
 import { builtinPowerNode } from '../simulate/power-node.js';
 import type { IommuGroup } from '../topology/types.js';
 import { routeGrpcLogs } from './grpc-logging.js';
-import { buildPreparer } from './preparation.js';
+import { buildPreparer } from '../prepare/setup.js';
 import { claim } from '../handoff/client.js';
 import { HANDOFF_SOCKET_NAME } from '../handoff/protocol.js';
 

@@ -18,7 +18,7 @@ import { simulatedNodeConfig } from '../simulate/node-config.js';
 import { writeSysfsTree } from '../simulate/sysfs-tree.js';
 import { builtinPowerNode } from '../simulate/power-node.js';
 import { runDemo } from './demo.js';
-import { buildPreparer } from './preparation.js';
+import { buildPreparer } from '../prepare/setup.js';
 import { createMetrics } from '../report/metrics.js';
 import { NodeReporter, loadKubeConfig } from '../report/node-reporter.js';
 import { startProbeServer, type ProbeServer } from '../report/http-server.js';

@@ -8,7 +8,7 @@ import { Daemon, type DraDeps } from '../daemon.js';
 import type { ResourceConfig } from '../config/schema.js';
 import type { Settings } from '../config/settings.js';
 import type { DiscoveryRoots } from '../topology/types.js';
-import { buildPreparer, type PreparationSetup } from '../cli/preparation.js';
+import { buildPreparer, type PreparationSetup } from '../prepare/setup.js';
 import { capabilitiesOf } from '../prepare/capabilities.js';
 import { HealthTracker } from '../health/health-tracker.js';
 import { simulatedSettings } from './settings.js';

@@ -1,6 +1,6 @@
 // The "driver" of the dra suite: inside the pseries guest, the daemon with its DRA front end
 // (dist/daemon.js, kubeletApi dra) on the REAL node: sysfs and /dev/vfio of the guest, the
-// preparer of dist/cli/preparation.js over the native binding (every mode: a claim's own
+// preparer of dist/prepare/setup.js over the native binding (every mode: a claim's own
 // configuration picks verify or handoff), the DRA kubelet stand-in (dist/simulate/dra-kubelet.js)
 // on a registry directory under /tmp, and claims from an in-memory ClaimStore. Everything between
 // the stand-in and the driver goes over real unix sockets (registration, DRA service, health).
@@ -54,7 +54,7 @@ const stubBdf = (process.env.PVDP_BDFS ?? '').split(',')[1] ?? null;
 const load = (rel) => import(pathToFileURL(join(dist, rel)).href);
 const { NativeBinding, loadNativeAddon } = await load('vfio/native-binding.js');
 const { Daemon } = await load('daemon.js');
-const { buildPreparer } = await load('cli/preparation.js');
+const { buildPreparer } = await load('prepare/setup.js');
 const { DraKubelet } = await load('simulate/dra-kubelet.js');
 const { allocatedClaim, ClaimStore, preparationParameters } = await load('simulate/claims.js');
 const { deviceNameOf } = await load('dra/device-name.js');

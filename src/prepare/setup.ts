@@ -4,13 +4,13 @@
 import type { Logger } from '../log.js';
 import type { IommuGroup, Topology } from '../topology/types.js';
 import type { ResourceConfig } from '../config/schema.js';
-import type { AllocationExtra, Preparer } from '../prepare/types.js';
+import type { AllocationExtra, Preparer } from './types.js';
 import type { VfioBinding } from '../vfio/binding.js';
 import { PluginError, RequestError } from '../errors.js';
 import { SimulatedKernel } from '../vfio/simulated-kernel.js';
 import type { GroupVerification } from '../vfio/container-sequence.js';
-import { createVerifyPreparer, describeVerification } from '../prepare/verify-preparer.js';
-import { createVfioHandoffSource } from '../prepare/handoff-source.js';
+import { createVerifyPreparer, describeVerification } from './verify-preparer.js';
+import { createVfioHandoffSource } from './handoff-source.js';
 import { HandoffService, DEFAULT_HANDOFF_CONTAINER_DIR, DEFAULT_HANDOFF_HOST_DIR } from '../handoff/service.js';
 import { SimulatedHandoffNetwork } from '../handoff/simulated-transport.js';
 import { unixTransport, type HandoffTransport } from '../handoff/transport.js';
