@@ -16,10 +16,10 @@ const MiB = 2 ** 20;
 const DEFAULT_POLL_MS = 10_000;
 
 /** The command line's modes, each with its idle RSS goal (the issue's "at most"). */
-const CLI_MODES: { mode: CliMode; what: string; limit: number }[] = [
-  { mode: 'device-plugin', what: 'device plugin, no node reporting (nothing talks to the API server)', limit: 72 },
-  { mode: 'device-plugin-reporting', what: 'device plugin with node reporting (--node-name)', limit: 136 },
-  { mode: 'dra', what: 'DRA front end (ResourceSlices and claims on the API server)', limit: 136 },
+const CLI_MODES: { mode: CliMode; id: string; what: string; limit: number }[] = [
+  { mode: 'device-plugin', id: 'idle-rss', what: 'device plugin, no node reporting (nothing talks to the API server)', limit: 72 },
+  { mode: 'device-plugin-reporting', id: 'idle-rss-reporting', what: 'device plugin with node reporting (--node-name)', limit: 136 },
+  { mode: 'dra', id: 'idle-rss-dra', what: 'DRA front end (ResourceSlices and claims on the API server)', limit: 136 },
 ];
 
 const HEAP_ROWS = 15;
@@ -68,7 +68,7 @@ export const footprint: Benchmark = {
       const wallMs = Number(idleMs);
       const idleCpu = cpuMs(t0, t1);
       // The goals are judged on the command line's own runs below (what an operator measures).
-      rec.samples('idle-rss', `idle RSS, ${groups} groups, sampled every second for ${idleMs / 1000} s (the daemon alone, verify mode on the simulated kernel)`, 'MiB', rss);
+      rec.samples('idle-rss-daemon', `idle RSS, ${groups} groups, sampled every second for ${idleMs / 1000} s (the daemon alone, verify mode on the simulated kernel)`, 'MiB', rss);
       rec.value('idle-cpu-ms-per-min', `idle CPU time per minute (user + system), ${groups} groups, no uevents (safety poll every ${DEFAULT_POLL_MS / 1000} s)`, 'ms/min', (idleCpu * 60_000) / wallMs);
       rec.value('idle-cpu-percent', `idle CPU, share of one core, ${groups} groups, no uevents (safety poll every ${DEFAULT_POLL_MS / 1000} s)`, '% of a core', (idleCpu / wallMs) * 100);
       rec.value('idle-heap', 'idle heap used after GC', 'MiB', start.heapUsed / MiB);
@@ -153,9 +153,9 @@ export const footprint: Benchmark = {
 
     // The command line as an operator runs it, one process per mode.
     const settled: (string | number)[][] = [];
-    for (const { mode, what, limit } of CLI_MODES) {
+    for (const { mode, id, what, limit } of CLI_MODES) {
       const run = await idleCli(mode, tree.roots, await ctx.subdir('c'), groups, { settleMs: q ? 500 : 5_000, idleMs: q ? 2_000 : 30_000, heap: true });
-      rec.samples(`idle-rss-${mode}`, `idle RSS of the command line, ${what}, ${groups} groups, metrics and probes on, sampled every second for ${(q ? 2_000 : 30_000) / 1000} s`, 'MiB', run.rssMiB, {
+      rec.samples(id, `idle RSS of the command line, ${what}, ${groups} groups, metrics and probes on, sampled every second for ${(q ? 2_000 : 30_000) / 1000} s`, 'MiB', run.rssMiB, {
         text: `${what}: at most ${limit} MiB resident when idle (judged on the largest sample)`,
         stat: 'max',
         limit,
