@@ -130,7 +130,7 @@ export async function runBenchmarks(options: RunOptions): Promise<{ report: RunR
       report.benchmarks.push(result);
       for (const f of rec.figures) {
         if (f.goal) {
-          log(`[bench]   ${f.label}: ${f.goal.observed.toFixed(3)} ${f.unit} (goal ${f.goal.stat} < ${f.goal.limit}) ${f.goal.met ? 'met' : 'MISSED'}`);
+          log(`[bench]   ${f.label}: ${f.goal.observed.toFixed(3)} ${f.unit} (goal ${f.goal.stat} ${f.goal.atMost ? "≤" : "<"} ${f.goal.limit}) ${f.goal.met ? 'met' : 'MISSED'}`);
           report.goals.push({ benchmark: b.name, figure: f.id, label: f.label, unit: f.unit, ...f.goal });
         }
       }
