@@ -1,15 +1,32 @@
 // Footprint of the daemon alone (in a child process, with the kubelet stand-in
 // here): resident memory and CPU while idle with 1024 groups for a minute at
 // the default poll interval, and memory after 10,000 allocations compared
-// after GC with the same after a warm-up.
+// after GC with the same after a warm-up. Then the command line itself in each
+// mode (device plugin, device plugin with node reporting, DRA): idle RSS as
+// an operator sees it, and what the heap holds.
 import { execFileSync } from 'node:child_process';
 import type { Benchmark } from './lib/context.js';
 import type { ChildSample } from './lib/child-protocol.js';
 import { RESOURCE, startChildPlugin } from './lib/plugin.js';
 import { sleep } from './lib/stats.js';
+import { idleCli, type CliMode } from './lib/cli-modes.js';
+import type { HeapSummary } from './lib/heap-summary.js';
 
 const MiB = 2 ** 20;
 const DEFAULT_POLL_MS = 10_000;
+
+/** The command line's modes, each with its idle RSS goal (the issue's "at most"). */
+const CLI_MODES: { mode: CliMode; id: string; what: string; limit: number }[] = [
+  { mode: 'device-plugin', id: 'idle-rss', what: 'device plugin, no node reporting (nothing talks to the API server)', limit: 72 },
+  { mode: 'device-plugin-reporting', id: 'idle-rss-reporting', what: 'device plugin with node reporting (--node-name)', limit: 136 },
+  { mode: 'dra', id: 'idle-rss-dra', what: 'DRA front end (ResourceSlices and claims on the API server)', limit: 136 },
+];
+
+const HEAP_ROWS = 15;
+
+function heapRows(h: HeapSummary): (string | number)[][] {
+  return h.rows.slice(0, HEAP_ROWS).map((r) => [r.what, r.count, r.selfBytes / MiB, (100 * r.selfBytes) / h.totalBytes]);
+}
 
 async function inFlight(total: number, width: number, fn: (i: number) => Promise<unknown>): Promise<void> {
   let next = 0;
@@ -50,11 +67,8 @@ export const footprint: Benchmark = {
       const t1 = await child.sample(false);
       const wallMs = Number(idleMs);
       const idleCpu = cpuMs(t0, t1);
-      rec.samples('idle-rss', `idle RSS, ${groups} groups, sampled every second for ${idleMs / 1000} s`, 'MiB', rss, {
-        text: 'idle daemon under 80 MiB resident (judged on the largest sample)',
-        stat: 'max',
-        limit: 80,
-      });
+      // The goals are judged on the command line's own runs below (what an operator measures).
+      rec.samples('idle-rss-daemon', `idle RSS, ${groups} groups, sampled every second for ${idleMs / 1000} s (the daemon alone, verify mode on the simulated kernel)`, 'MiB', rss);
       rec.value('idle-cpu-ms-per-min', `idle CPU time per minute (user + system), ${groups} groups, no uevents (safety poll every ${DEFAULT_POLL_MS / 1000} s)`, 'ms/min', (idleCpu * 60_000) / wallMs);
       rec.value('idle-cpu-percent', `idle CPU, share of one core, ${groups} groups, no uevents (safety poll every ${DEFAULT_POLL_MS / 1000} s)`, '% of a core', (idleCpu / wallMs) * 100);
       rec.value('idle-heap', 'idle heap used after GC', 'MiB', start.heapUsed / MiB);
@@ -136,5 +150,32 @@ export const footprint: Benchmark = {
     } finally {
       await u.stop();
     }
+
+    // The command line as an operator runs it, one process per mode.
+    const settled: (string | number)[][] = [];
+    for (const { mode, id, what, limit } of CLI_MODES) {
+      const run = await idleCli(mode, tree.roots, await ctx.subdir('c'), groups, { settleMs: q ? 500 : 5_000, idleMs: q ? 2_000 : 30_000, heap: true });
+      rec.samples(id, `idle RSS of the command line, ${what}, ${groups} groups, metrics and probes on, sampled every second for ${(q ? 2_000 : 30_000) / 1000} s`, 'MiB', run.rssMiB, {
+        text: `${what}: at most ${limit} MiB resident when idle (judged on the largest sample)`,
+        stat: 'max',
+        limit,
+        atMost: true,
+      });
+      const s = run.settled;
+      settled.push([mode, s.rss / MiB, s.heapTotal / MiB, s.heapUsed / MiB, s.external / MiB, (s.maxRssKiB * 1024) / MiB]);
+      if (run.heap) {
+        rec.table(
+          `Heap of the idle command line (${mode}, ${groups} groups): largest kinds of object by self size, of ${fmtMiB(run.heap.totalBytes)} MiB in ${run.heap.nodes.toLocaleString('en-US')} objects`,
+          ['what', 'objects', 'self size (MiB)', 'share (%)'],
+          heapRows(run.heap),
+        );
+      }
+    }
+    rec.table('The command line per mode, after GC at the end of the idle window', ['mode', 'RSS (MiB)', 'heap total (MiB)', 'heap used (MiB)', 'external (MiB)', 'peak RSS (MiB)'], settled);
+    rec.note(
+      'Per mode: the real command line (src/cli/entry.ts run) in a child process on the same tree, one resource with preparation none, metrics and probes on 127.0.0.1, the kubelet stand-in (device plugin or DRA) and, for node reporting and DRA, the API server stand-in (src/simulate/api-server.ts) in the benchmark process through a kubeconfig file. Idle RSS is sampled without forcing GC. The heap tables sum the self size of every object in a heap snapshot (v8.writeHeapSnapshot) by constructor name (strings, closures, compiled code and V8 internals in rows of their own); retained sizes are not computed.',
+    );
   },
 };
+
+const fmtMiB = (bytes: number): string => (bytes / MiB).toFixed(1);

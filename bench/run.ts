@@ -40,8 +40,11 @@ export function repoRoot(): string {
 function linkProtos(root: string): void {
   const compiledRoot = dirname(dirname(fileURLToPath(import.meta.url)));
   if (compiledRoot === root) return;
-  const link = join(compiledRoot, 'proto');
-  if (!existsSync(link)) symlinkSync(join(root, 'proto'), link);
+  // The native addons too (build/Release, found the same way), for the command line's own runs.
+  for (const name of ['proto', 'build']) {
+    const link = join(compiledRoot, name);
+    if (!existsSync(link) && existsSync(join(root, name))) symlinkSync(join(root, name), link);
+  }
 }
 
 function git(root: string, args: string[]): string | null {
@@ -127,7 +130,7 @@ export async function runBenchmarks(options: RunOptions): Promise<{ report: RunR
       report.benchmarks.push(result);
       for (const f of rec.figures) {
         if (f.goal) {
-          log(`[bench]   ${f.label}: ${f.goal.observed.toFixed(3)} ${f.unit} (goal ${f.goal.stat} < ${f.goal.limit}) ${f.goal.met ? 'met' : 'MISSED'}`);
+          log(`[bench]   ${f.label}: ${f.goal.observed.toFixed(3)} ${f.unit} (goal ${f.goal.stat} ${f.goal.atMost ? "≤" : "<"} ${f.goal.limit}) ${f.goal.met ? 'met' : 'MISSED'}`);
           report.goals.push({ benchmark: b.name, figure: f.id, label: f.label, unit: f.unit, ...f.goal });
         }
       }

@@ -6,9 +6,10 @@ export type Statistic = 'median' | 'p99' | 'max' | 'value';
 export interface Goal {
   /** The goal as the issue words it. */
   text: string;
-  /** The figure's statistic that must stay strictly below `limit`. */
+  /** The figure's statistic that must stay strictly below `limit` (at most `limit` when `atMost`). */
   stat: Statistic;
   limit: number;
+  atMost?: boolean;
 }
 
 export interface GoalOutcome extends Goal {
@@ -118,7 +119,12 @@ function pick(s: Summary, stat: Statistic): number {
 }
 
 function judge(goal: Goal, observed: number): GoalOutcome {
-  return { ...goal, observed, met: Number.isFinite(observed) && observed < goal.limit };
+  return { ...goal, observed, met: Number.isFinite(observed) && (goal.atMost ? observed <= goal.limit : observed < goal.limit) };
+}
+
+/** `max < 80 MiB`, `max ≤ 72 MiB`. */
+function goalText(goal: Goal, unit: string): string {
+  return `${goal.stat === 'value' ? '' : `${goal.stat} `}${goal.atMost ? '≤' : '<'} ${fmt(goal.limit)} ${unit}`;
 }
 
 // ---- Markdown ----------------------------------------------------------------
@@ -143,8 +149,7 @@ function mdTable(columns: string[], rows: (string | number)[][]): string[] {
 
 function goalCell(f: Figure): [string, string] {
   if (!f.goal) return ['', ''];
-  const stat = f.goal.stat === 'value' ? '' : `${f.goal.stat} `;
-  return [`${stat}< ${fmt(f.goal.limit)} ${f.unit}`, f.goal.met ? 'met' : '**MISSED**'];
+  return [goalText(f.goal, f.unit), f.goal.met ? 'met' : '**MISSED**'];
 }
 
 function gib(bytes: number): string {
@@ -181,7 +186,7 @@ export function renderMarkdown(r: RunReport): string {
   out.push(
     ...mdTable(
       ['benchmark', 'figure', 'goal', 'observed', 'result'],
-      r.goals.map((g) => [g.benchmark, g.label, `${g.stat === 'value' ? '' : `${g.stat} `}< ${fmt(g.limit)} ${g.unit}`, `${fmt(g.observed)} ${g.unit}`, g.met ? 'met' : '**MISSED**']),
+      r.goals.map((g) => [g.benchmark, g.label, goalText(g, g.unit), `${fmt(g.observed)} ${g.unit}`, g.met ? 'met' : '**MISSED**']),
     ),
     '',
   );

@@ -12,20 +12,19 @@ import { parseCommandLine, resolveSettings, settingLabel, usage, type ResolveOpt
 import { Lifecycle, describeStartupFailure, probeListenProblem, type NamedPath } from './lifecycle.js';
 import { checkDevicePluginDir } from './startup-checks.js';
 import { Daemon, type DraDeps } from '../daemon.js';
-import { apiClaimSource } from '../dra/claim-reader.js';
 import { routeGrpcLogs } from './grpc-logging.js';
-import { simulatedNodeConfig } from '../simulate/node-config.js';
-import { writeSysfsTree } from '../simulate/sysfs-tree.js';
-import { builtinPowerNode } from '../simulate/power-node.js';
-import { runDemo } from './demo.js';
 import { buildPreparer } from '../prepare/setup.js';
 import { createMetrics } from '../report/metrics.js';
-import { NodeReporter, loadKubeConfig } from '../report/node-reporter.js';
+import type { NodeReporter } from '../report/node-reporter.js';
 import { startProbeServer, type ProbeServer } from '../report/http-server.js';
 import { readFile } from 'node:fs/promises';
 import { readCpuCapabilities } from '../report/cpuinfo.js';
 import { capabilitiesOf } from '../prepare/capabilities.js';
 import type { GroupVerification } from '../vfio/container-sequence.js';
+
+// What a run does not use is not loaded: the Kubernetes client (tens of MiB)
+// comes with node reporting or the DRA front end, the simulated node with
+// --simulate, the demo with `demo`. Type-only imports above cost nothing.
 
 async function packageVersion(): Promise<string> {
   try {
@@ -37,7 +36,7 @@ async function packageVersion(): Promise<string> {
 }
 
 /** Node reporting needs a node name and a way to the API server. */
-function createReporter(settings: Settings, logger: Logger, metrics: ReturnType<typeof createMetrics>): NodeReporter | undefined {
+async function createReporter(settings: Settings, logger: Logger, metrics: ReturnType<typeof createMetrics>): Promise<NodeReporter | undefined> {
   if (!settings.nodeName) {
     logger.info('Node reporting is off: no node name (set NODE_NAME or --node-name)');
     return undefined;
@@ -47,6 +46,7 @@ function createReporter(settings: Settings, logger: Logger, metrics: ReturnType<
     return undefined;
   }
   const kubeconfig = settings.kubeconfig ?? undefined;
+  const { NodeReporter, loadKubeConfig } = await import('../report/node-reporter.js');
   return new NodeReporter({
     kubeConfig: () => loadKubeConfig(kubeconfig),
     nodeName: settings.nodeName,
@@ -97,9 +97,11 @@ async function draDeps(
     kubeConfig = () => api.kubeConfig();
   } else {
     const kubeconfig = settings.kubeconfig ?? undefined;
+    const { loadKubeConfig } = await import('../report/node-reporter.js');
     kubeConfig = () => loadKubeConfig(kubeconfig);
   }
   const { SlicePublisher } = await import('../dra/slice-publisher.js');
+  const { apiClaimSource } = await import('../dra/claim-reader.js');
   return {
     claims: apiClaimSource({ kubeConfig }),
     slices: new SlicePublisher({
@@ -143,6 +145,7 @@ async function runDaemon(
 ): Promise<number> {
   const dra = settings.kubeletApi === 'dra';
   if (simulatedDir !== null) {
+    const [{ writeSysfsTree }, { builtinPowerNode }] = await Promise.all([import('../simulate/sysfs-tree.js'), import('../simulate/power-node.js')]);
     // Awaited, not abandoned on a signal: the tree is written into the directory the cleanup removes.
     const roots = await writeSysfsTree(simulatedDir, builtinPowerNode());
     life.signal.throwIfAborted();
@@ -166,7 +169,7 @@ async function runDaemon(
   // A file is refused here; a missing directory is awaited (the plugin manager says so once).
   if (!dra) await life.step(checkDevicePluginDir(settings.devicePluginDir, settingLabel('device-plugin-dir', sources)));
   const metrics = createMetrics({ version: await life.step(packageVersion()) });
-  const reporter = createReporter(settings, logger, metrics);
+  const reporter = await createReporter(settings, logger, metrics);
   if (reporter) life.defer('node reporting', () => reporter.stop());
   // The simulated node is a POWER9 bare-metal server whatever the host is.
   const cpu = settings.simulate ? { powerGeneration: 'power9', platform: 'powernv' } : await life.step(readCpuCapabilities());
@@ -263,6 +266,7 @@ export async function main(argv: readonly string[], life = new Lifecycle(process
     if (cli.command === 'demo') {
       // The demo cleans up after itself on its own terms; signals keep their default.
       life.dispose();
+      const { runDemo } = await import('./demo.js');
       return await runDemo();
     }
     const simulate = cli.values.simulate === true;
@@ -273,8 +277,9 @@ export async function main(argv: readonly string[], life = new Lifecycle(process
       const root = simulatedRoot;
       life.defer('the simulated node', () => rm(root, { recursive: true, force: true }));
     }
+    const simulatedConfig = simulate ? (await import('../simulate/node-config.js')).simulatedNodeConfig : undefined;
     const settings = await life.step(
-      resolveSettings(cli.values, simulate ? simulatedNodeConfig : undefined, {
+      resolveSettings(cli.values, simulatedConfig, {
         sources: cli.sources,
         signal: life.signal,
         ...(simulatedRoot !== null ? { pathDefaults: simulatedPathDefaults(simulatedRoot) } : {}),
