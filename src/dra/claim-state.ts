@@ -3,6 +3,7 @@
 // they succeed, and calls them again after its own restarts. Every change is
 // in the checkpoint before the kubelet gets an answer, so a restarted driver
 // can unprepare what an earlier process prepared and undo what it left half done.
+// Moving the groups of managed resources between drivers is claim-rebinding.ts.
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import type { ResourceConfig } from '../config/schema.js';
@@ -13,7 +14,8 @@ import type { AllocationExtra } from '../prepare/types.js';
 import { buildClaimSpec, type CdiMount, type ClaimSpec, type ClaimSpecDirectory } from '../cdi/claim-specs.js';
 import { claimAllocation, ClaimRefusal, type ClaimRef } from './claim-allocation.js';
 import { ClaimConfigError, effectivePreparation } from './claim-config.js';
-import { Checkpoint, CheckpointError, type CheckpointClaim, type GroupRebinding, type OriginalBinding, type PreparedDevice, type PreparedGroupSet } from './checkpoint.js';
+import { Checkpoint, CheckpointError, type CheckpointClaim, type GroupRebinding, type PreparedDevice, type PreparedGroupSet } from './checkpoint.js';
+import { ClaimRebinding, type ManagedBinding, type RebindingListener, type RebindingState } from './claim-rebinding.js';
 
 /** What prepare does to groups: the same preparer the device plugin runs in PreStartContainer. */
 export interface ClaimPreparation {
@@ -21,32 +23,6 @@ export interface ClaimPreparation {
   prepare(resource: ResourceConfig, groups: IommuGroup[]): Promise<AllocationExtra | null>;
   /** Releases what a handoff preparation kept for these groups and removes its directories; unknown sets are fine. */
   release(resourceName: string, groups: readonly number[]): Promise<void>;
-}
-
-/**
- * Managed binding: moving a group's endpoints between their host drivers and
- * vfio-pci. Both moves wait (bounded) until they are done, and `take` gives
- * everything back itself when it fails.
- */
-export interface ManagedBinding {
-  /** The group's functions and drivers now, and what stops taking it (empty when nothing does). */
-  inspect(group: number, allowedDrivers: readonly string[]): Promise<{ functions: OriginalBinding[]; blockers: string[] }>;
-  take(group: number, original: readonly OriginalBinding[], timeoutMs: number): Promise<void>;
-  giveBack(group: number, original: readonly OriginalBinding[], timeoutMs: number): Promise<void>;
-}
-
-/** What the front end hears of rebindings: to republish, to raise an Event. */
-export interface RebindingListener {
-  /** A group started or finished moving, or a failure was recorded or cleared. */
-  changed(): void;
-  /** Moving a group failed; it may be left on the wrong driver. */
-  failed(group: number, resource: string, message: string): void;
-}
-
-/** Groups moving between drivers now, and groups whose last move failed (with why). */
-export interface RebindingState {
-  moving: ReadonlyMap<number, 'taking' | 'givingBack'>;
-  failed: ReadonlyMap<number, string>;
 }
 
 /** Reads a claim from the API server; throws ClaimRefusal when it does not exist, anything else when it could not be read. */
@@ -98,11 +74,11 @@ export class ClaimState {
   private readonly queues = new Map<string, Promise<unknown>>();
   private persisting: Promise<void> = Promise.resolve();
   private started = false;
-  private readonly moving = new Map<number, 'taking' | 'givingBack'>();
-  private readonly rebindFailures = new Map<number, { direction: 'taking' | 'givingBack'; message: string }>();
+  private readonly rebinder: ClaimRebinding;
 
   constructor(private readonly options: ClaimStateOptions) {
     this.logger = (options.logger ?? silentLogger()).child({ room: 'dra' });
+    this.rebinder = new ClaimRebinding(options.binding, options.rebinding, this.logger);
   }
 
   get cdiKind(): string {
@@ -155,7 +131,7 @@ export class ClaimState {
 
   /** Groups moving between drivers, and groups whose last move failed. */
   rebinding(): RebindingState {
-    return { moving: new Map(this.moving), failed: new Map([...this.rebindFailures].map(([g, f]) => [g, f.message])) };
+    return this.rebinder.state();
   }
 
   /** Groups held by prepared claims (a device in use is not offered as free in status). */
@@ -276,7 +252,8 @@ export class ClaimState {
       groups: s.groups.map((g) => g.id),
       mode: s.resource.preparation.mode,
     }));
-    const bindings = await this.planRebindings(planned, perDevice);
+    // Before this claim's own entry exists: every entry is another claim's.
+    const bindings = await this.rebinder.plan(planned.values(), perDevice, () => this.entries.values());
     // Before anything changes on the node (the original drivers too): a crash from here on is undone at the next start.
     const entry: CheckpointClaim = {
       namespace: ref.namespace,
@@ -295,7 +272,7 @@ export class ClaimState {
     try {
       for (const rebinding of bindings) {
         attempted.push(rebinding);
-        await this.move(rebinding, 'taking');
+        await this.rebinder.move(rebinding, 'taking');
       }
       const extras: AllocationExtra[] = [];
       for (const set of planned.values()) {
@@ -328,7 +305,7 @@ export class ClaimState {
       }
       const file = written ?? this.options.cdi.fileName(ref.uid);
       await this.options.cdi.remove(file).catch(() => undefined);
-      const stranded = await this.giveBackAll(attempted.reverse());
+      const stranded = await this.rebinder.giveBackAll(attempted.reverse());
       if (stranded.length > 0) {
         // Functions left on the wrong driver: kept, so an unprepare, a retry or a restart gives them back.
         this.entries.set(ref.uid, { ...entry, state: 'unpreparing', bindings: stranded.map((f) => f.rebinding) });
@@ -341,71 +318,6 @@ export class ClaimState {
       }
       throw err;
     }
-  }
-
-  /**
-   * For the managed resources of a claim: each group's functions as they are
-   * now, after checking that nothing stops taking them. Refuses, naming the
-   * device and what is in use, before anything is written.
-   */
-  private async planRebindings(planned: Map<string, PlannedSet>, perDevice: { deviceName: string; group: IommuGroup }[]): Promise<GroupRebinding[]> {
-    // Called before this claim's own entry exists: every entry found is another claim's.
-    const out: GroupRebinding[] = [];
-    for (const set of planned.values()) {
-      const binding = set.resource.binding;
-      if (binding?.mode !== 'managed') continue;
-      const managed = this.options.binding;
-      if (!managed) throw new Error(`resource ${set.resource.name} uses managed binding, which is not set up on this node`);
-      for (const group of set.groups) {
-        const device = `device ${perDevice.find((d) => d.group.id === group.id)?.deviceName ?? `group-${group.id}`} (IOMMU group ${group.id})`;
-        if (this.moving.has(group.id)) {
-          throw new ClaimRefusal(`${device} is moving between drivers for another claim; the kubelet will retry`);
-        }
-        // A claim that could not give the group back yet would move it away from under this one when it retries.
-        const holder = [...this.entries.values()].find((e) => e.bindings?.some((b) => b.group === group.id));
-        if (holder) {
-          throw new ClaimRefusal(`${device} still belongs to ResourceClaim ${holder.namespace}/${holder.name} (${holder.state}), whose groups are not all back on their host drivers; the kubelet will retry`);
-        }
-        const seen = await managed.inspect(group.id, binding.allowedDrivers ?? []);
-        if (seen.blockers.length > 0) {
-          throw new ClaimRefusal(`${device} cannot be taken from the host: ${seen.blockers.join('; ')}`);
-        }
-        out.push({ resource: set.resource.name, group: group.id, timeoutMs: Math.round(binding.timeoutSeconds * 1000), functions: seen.functions });
-      }
-    }
-    return out;
-  }
-
-  /** One move of one group, visible to the front end while it runs; a failure is recorded and reported. */
-  private async move(rebinding: GroupRebinding, direction: 'taking' | 'givingBack'): Promise<void> {
-    const managed = this.options.binding;
-    if (!managed) throw new Error(`managed binding is not set up on this node; IOMMU group ${rebinding.group} cannot be moved`);
-    this.moving.set(rebinding.group, direction);
-    this.options.rebinding?.changed();
-    try {
-      if (direction === 'taking') await managed.take(rebinding.group, rebinding.functions, rebinding.timeoutMs);
-      else await managed.giveBack(rebinding.group, rebinding.functions, rebinding.timeoutMs);
-      // A group that could not be taken keeps its taint after the rollback: the next claim would fail the same way.
-      if (direction === 'taking' || this.rebindFailures.get(rebinding.group)?.direction === 'givingBack') this.rebindFailures.delete(rebinding.group);
-    } catch (err) {
-      const message = (err as Error).message;
-      this.rebindFailures.set(rebinding.group, { direction, message });
-      this.logger.error({ group: rebinding.group, resource: rebinding.resource, direction, err: message }, 'Moving an IOMMU group between drivers failed');
-      this.options.rebinding?.failed(rebinding.group, rebinding.resource, message);
-      throw err;
-    } finally {
-      this.moving.delete(rebinding.group);
-      this.options.rebinding?.changed();
-    }
-  }
-
-  /** Gives every group back (in the order given); returns the ones that could not be. */
-  private async giveBackAll(rebindings: readonly GroupRebinding[]): Promise<{ rebinding: GroupRebinding; message: string }[]> {
-    const failed: { rebinding: GroupRebinding; message: string }[] = [];
-    for (const rebinding of rebindings) {
-      await this.move(rebinding, 'givingBack').catch((err: unknown) => failed.push({ rebinding, message: (err as Error).message }));
-    }
-    return failed;
   }
 
   private cdiName(ref: ClaimRef, deviceName: string): string {
@@ -473,7 +385,7 @@ export class ClaimState {
       delete releasing.cdiSpec;
       this.entries.set(uid, releasing);
       await this.persist();
-      const stranded = await this.giveBackAll([...bindings].reverse());
+      const stranded = await this.rebinder.giveBackAll([...bindings].reverse());
       if (stranded.length > 0) {
         this.entries.set(uid, { ...releasing, bindings: stranded.map((f) => f.rebinding) });
         throw new Error(stranded.map((f) => f.message).join('; '));

@@ -1,6 +1,6 @@
-// The shapes a prepared container is described in (memory, window, mapped ranges) and the
-// arithmetic the sequence plans with: sizes, ranges, window bounds and how many TCE levels the
-// kernel accepts for a window.
+// The shapes a prepared container is described in (memory, window, mapped ranges) and a verified
+// group (the verify mode's options and result), and the arithmetic the sequence plans with: sizes,
+// ranges, window bounds and how many TCE levels the kernel accepts for a window.
 import type { Logger } from '../log.js';
 import { kernelMaxPageOrder, type SpaprTceInfo } from './binding.js';
 import { VfioPrepareError } from './errors.js';
@@ -80,6 +80,26 @@ export interface PreparedContainer {
   lockedBytes: bigint;
   /** Undo everything in order; safe to call twice. Throws VfioPrepareError when a step failed (all steps still run). */
   release(): Promise<void>;
+}
+
+/** The `verify` mode (verify-groups.ts): each group prepared in a container of its own, then released. */
+export interface VerifyOptions {
+  devRoot: string;
+  /** Bytes of probe memory to map and unmap (default one kernel page). */
+  probeSize?: bigint;
+  hugePageShift?: number;
+  iommu?: 'auto' | IommuVersion;
+  logger?: Logger;
+}
+
+/** What verifying one group learned. */
+export interface GroupVerification {
+  group: number;
+  iommu: IommuVersion;
+  window: DmaWindow;
+  info: SpaprTceInfo;
+  /** Locked memory the preparation needed at its peak. */
+  lockedBytes: bigint;
 }
 
 export const MiB = 1n << 20n;

@@ -1,27 +1,10 @@
 // The `verify` preparation mode over the container sequence: prepare each group on its own and
 // release it again.
-import type { Logger } from '../log.js';
-import type { SpaprTceInfo, VfioBinding } from './binding.js';
+import type { VfioBinding } from './binding.js';
 import { prepareContainer } from './container-sequence.js';
-import type { DmaWindow, IommuVersion } from './dma-plan.js';
+import type { GroupVerification, VerifyOptions } from './dma-plan.js';
 
-export interface VerifyOptions {
-  devRoot: string;
-  /** Bytes of probe memory to map and unmap (default one kernel page). */
-  probeSize?: bigint;
-  hugePageShift?: number;
-  iommu?: 'auto' | IommuVersion;
-  logger?: Logger;
-}
-
-export interface GroupVerification {
-  group: number;
-  iommu: IommuVersion;
-  window: DmaWindow;
-  info: SpaprTceInfo;
-  /** Locked memory the preparation needed at its peak. */
-  lockedBytes: bigint;
-}
+export type { GroupVerification, VerifyOptions } from './dma-plan.js';
 
 /**
  * The `verify` preparation mode: for each group, the whole sequence in its own

@@ -115,3 +115,14 @@ export function crossCompileC(sources, { name, cflags = ['-O2', '-Wall', '-Wextr
 export function runPayload(machine, { payloadDir, files, command, timeoutMs }) {
   return runInGuest({ machine, payloadDir, files, command, timeoutMs });
 }
+
+/**
+ * Payload entries for the Node programs under payloads/ (`'dra/dra-driver.mjs'`): each at the same
+ * path under /payload as under payloads/, with the helpers they import (payloads/common.mjs, at
+ * /payload/common.mjs), so their relative imports resolve in the guest as in the repository.
+ */
+export function payloadScripts(...paths) {
+  const files = {};
+  for (const rel of ['common.mjs', ...paths]) files[rel] = { hostPath: join(HERE, 'payloads', rel), mode: 0o644 };
+  return files;
+}

@@ -6,15 +6,16 @@
 // e1000e): the suite runs on pseries only and reports a skip line for other machines.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT } from '../harness.mjs';
+import { REPO_ROOT, payloadScripts } from '../harness.mjs';
 import { buildAddonPpc64le } from '../lib/addon.mjs';
 import { buildDist } from './contract.mjs';
 
 export const name = 'dma';
 const SCRIPT = join(REPO_ROOT, 'test', 'kernel', 'payloads', 'dma', 'dma-check.mjs');
+const COMMON = join(REPO_ROOT, 'test', 'kernel', 'payloads', 'common.mjs');
 
 export function available() {
-  const need = [SCRIPT, join(REPO_ROOT, 'binding.gyp'), join(REPO_ROOT, 'native'), join(REPO_ROOT, 'tsconfig.json')];
+  const need = [SCRIPT, COMMON, join(REPO_ROOT, 'binding.gyp'), join(REPO_ROOT, 'native'), join(REPO_ROOT, 'tsconfig.json')];
   const missing = need.filter((p) => !existsSync(p)).map((p) => p.slice(REPO_ROOT.length + 1));
   if (missing.length) return { ok: false, reason: `missing ${missing.join(', ')}` };
   return { ok: true };
@@ -29,10 +30,10 @@ export function prepare() {
       'package.json': JSON.stringify({ name: 'pvdp-guest-dma', private: true, type: 'module' }),
       dist: { hostDir: dist, filter: (rel) => !/\.(map|d\.ts)$/.test(rel) && !rel.endsWith('.tsbuildinfo') },
       'vfio_native.node': { hostPath: node, mode: 0o755 },
-      'dma-check.mjs': { hostPath: SCRIPT, mode: 0o644 },
+      ...payloadScripts('dma/dma-check.mjs'),
     },
     machines: ['pseries'],
-    command: () => 'exec node dma-check.mjs --dist /payload/dist --addon /payload/vfio_native.node',
+    command: () => 'exec node dma/dma-check.mjs --dist /payload/dist --addon /payload/vfio_native.node',
     timeoutMs: 180_000,
   };
 }

@@ -14,7 +14,7 @@
 // files and the gRPC, zod and yaml packages. Lines: `DRA PASS|FAIL TAG: name: detail`.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT, provision } from '../harness.mjs';
+import { REPO_ROOT, payloadScripts, provision } from '../harness.mjs';
 import { resolveModules } from '../lib/initramfs.mjs';
 import * as handoff from './handoff.mjs';
 
@@ -31,7 +31,7 @@ export function available() {
 }
 
 export function prepare() {
-  // The handoff suite's payload: dist (compiled into the cache), the ppc64le addon, the C pod, pod-node.mjs, pino.
+  // The handoff suite's payload: dist (compiled into the cache), the ppc64le addon, the C pod, handoff/pod-node.mjs, common.mjs, pino.
   const base = handoff.prepare();
   return {
     files: {
@@ -40,14 +40,14 @@ export function prepare() {
       // dist/dra/proto.js loads <dist>/../proto.
       proto: { hostDir: join(REPO_ROOT, 'proto'), filter: (rel, st) => st.isDirectory() || rel.endsWith('.proto') },
       ...handoff.nodeModulesClosure(['pino', '@grpc/grpc-js', '@grpc/proto-loader', 'zod', 'yaml']),
-      'dra-driver.mjs': { hostPath: join(DIR, 'dra-driver.mjs'), mode: 0o644 },
+      ...payloadScripts('dra/dra-driver.mjs'),
       // The stub round parks the second edu on pci-stub: a module in Debian's kernel, not in the base image.
       ...pciStubModule(),
     },
     machines: ['pseries'],
     // The non-viable group (a pci-testdev on vfio-pci beside a virtio-rng on virtio-pci) is the managed round's.
     nonViable: true,
-    command: () => `exec node dra-driver.mjs --dist /payload/dist --addon /payload/vfio_native.node --pod /payload/pod --rounds ${ROUNDS.join(',')} --memory 1Mi`,
+    command: () => `exec node dra/dra-driver.mjs --dist /payload/dist --addon /payload/vfio_native.node --pod /payload/pod --rounds ${ROUNDS.join(',')} --memory 1Mi`,
     timeoutMs: 240_000,
   };
 }

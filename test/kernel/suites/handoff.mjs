@@ -8,7 +8,7 @@
 // exec wrapper (dist/handoff/exec-cli.js exec -- pod fds). Lines: `HANDOFF PASS|FAIL TAG: name: detail`.
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
-import { REPO_ROOT, crossCompileC } from '../harness.mjs';
+import { REPO_ROOT, crossCompileC, payloadScripts } from '../harness.mjs';
 import { buildAddonPpc64le } from '../lib/addon.mjs';
 import { buildDist } from './contract.mjs';
 import { sha256 } from '../lib/util.mjs';
@@ -56,6 +56,7 @@ export function available() {
     join(DIR, 'pod.c'),
     join(DIR, 'pod-node.mjs'),
     join(DIR, 'handoff-plugin.mjs'),
+    join(DIR, '..', 'common.mjs'),
     join(CLIENT_DIR, 'pvdp_handoff.c'),
     join(CLIENT_DIR, 'pvdp_handoff.h'),
     join(REPO_ROOT, 'binding.gyp'),
@@ -82,12 +83,11 @@ export function prepare() {
       dist: { hostDir: dist, filter: (rel) => !/\.(map|d\.ts)$/.test(rel) && !rel.endsWith('.tsbuildinfo') },
       ...nodeModulesClosure(['pino']),
       'vfio_native.node': { hostPath: node, mode: 0o755 },
-      'handoff-plugin.mjs': { hostPath: join(DIR, 'handoff-plugin.mjs'), mode: 0o644 },
-      'pod-node.mjs': { hostPath: join(DIR, 'pod-node.mjs'), mode: 0o644 },
+      ...payloadScripts('handoff/handoff-plugin.mjs', 'handoff/pod-node.mjs'),
       pod: { hostPath: pod, mode: 0o755 },
     },
     machines: ['pseries'],
-    command: () => `exec node handoff-plugin.mjs --dist /payload/dist --addon /payload/vfio_native.node --pod /payload/pod --rounds ${ROUNDS.join(',')}`,
+    command: () => `exec node handoff/handoff-plugin.mjs --dist /payload/dist --addon /payload/vfio_native.node --pod /payload/pod --rounds ${ROUNDS.join(',')}`,
     timeoutMs: 180_000,
   };
 }

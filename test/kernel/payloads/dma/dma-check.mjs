@@ -9,111 +9,20 @@
 // own), each edu does the same round trip through the shared memory at the same iova.
 // One line per check: `DMA PASS|FAIL <name>[: detail]`, then `DMA SUMMARY passed=N failed=N`.
 //
-//   node dma-check.mjs [--dist DIR] [--addon FILE] [--group N] [--bdf BDF]
+//   node dma/dma-check.mjs [--dist DIR] [--addon FILE] [--group N] [--bdf BDF]
 //
-// edu facts (QEMU hw/misc/edu.c, 7.2): registers 0x00 ident (0x010000ed), 0x80 DMA source,
-// 0x88 destination, 0x90 count, 0x98 command (bit 0 run, bit 1 device -> RAM); the buffer is
-// at 0x40000, 4 KiB (QEMU 7.2 refuses a 4096-byte transfer: off by one, so <= 2048 here);
-// the DMA mask is 28 bits (iova below 256 MiB, else QEMU clamps it); the DMA runs from a
-// 100 ms virtual-clock timer. Its MMIO is DEVICE_NATIVE_ENDIAN: big-endian on ppc64, so the
-// byte order of BAR0 accesses is found from the ident register and used for every access.
-import { pathToFileURL } from 'node:url';
-import { resolve } from 'node:path';
+// The edu's registers and their byte order: Edu in ../common.mjs.
 import { randomBytes } from 'node:crypto';
+import { Edu, EDU_BUFFER, EDU_DMA_LENGTH as LEN, EDU_DMA_LIMIT, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, checkLines, hex, load, nativeBinding, option, testDevices } from '../common.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const dist = resolve(opt('dist', '/payload/dist'));
-const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
-const group = Number(opt('group', (process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]));
-const bdf = opt('bdf', (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0]);
-const allGroups = (process.env.PVDP_GROUPS ?? '').split(',').filter(Boolean).map(Number);
-const allBdfs = (process.env.PVDP_BDFS ?? '').split(',').filter(Boolean);
+const { groups: allGroups, bdfs: allBdfs } = testDevices();
+const group = Number(option('group', allGroups[0]));
+const bdf = option('bdf', allBdfs[0]);
 
-const { NativeBinding, loadNativeAddon } = await import(pathToFileURL(`${dist}/vfio/native-binding.js`).href);
-const { prepareContainer } = await import(pathToFileURL(`${dist}/vfio/container-sequence.js`).href);
+const { prepareContainer } = await load('vfio/container-sequence.js');
 
-const b = new NativeBinding(loadNativeAddon(addonPath));
-const k = b.constants;
-const hex = (v) => `0x${BigInt(v).toString(16)}`;
-let passed = 0;
-let failed = 0;
-function report(ok, name, detail) {
-  if (ok) passed++;
-  else failed++;
-  console.log(`DMA ${ok ? 'PASS' : 'FAIL'} ${name}${detail ? `: ${String(detail).replace(/\n/g, ' | ')}` : ''}`);
-}
-
-const EDU_IDENT = 0x00;
-const EDU_DMA_SRC = 0x80;
-const EDU_DMA_DST = 0x88;
-const EDU_DMA_CNT = 0x90;
-const EDU_DMA_CMD = 0x98;
-const EDU_BUFFER = 0x40000n;
-const EDU_DMA_LIMIT = 1n << 28n;
-const CMD_RUN = 1;
-const CMD_TO_RAM = 2;
-const PCI_COMMAND = 4;
-const PCI_COMMAND_MEMORY = 0x2;
-const PCI_COMMAND_MASTER = 0x4;
-const LEN = 2048;
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-class Edu {
-  constructor(fd, bar0, cfg) {
-    this.fd = fd;
-    this.bar0 = bar0;
-    this.cfg = cfg;
-    this.bigEndian = true;
-  }
-  async cfgRead16(off) {
-    return (await b.pread(this.fd, 2, this.cfg.offset + BigInt(off))).readUInt16LE(0); // config space is little-endian
-  }
-  async cfgWrite16(off, v) {
-    const buf = Buffer.alloc(2);
-    buf.writeUInt16LE(v);
-    await b.pwrite(this.fd, buf, this.cfg.offset + BigInt(off));
-  }
-  async read32(off) {
-    const buf = await b.pread(this.fd, 4, this.bar0.offset + BigInt(off));
-    if (buf.length !== 4) throw new Error(`short BAR0 read at ${hex(off)}: ${buf.length}`);
-    return this.bigEndian ? buf.readUInt32BE(0) : buf.readUInt32LE(0);
-  }
-  async write32(off, v) {
-    const buf = Buffer.alloc(4);
-    if (this.bigEndian) buf.writeUInt32BE(Number(v));
-    else buf.writeUInt32LE(Number(v));
-    const n = await b.pwrite(this.fd, buf, this.bar0.offset + BigInt(off));
-    if (n !== 4) throw new Error(`short BAR0 write at ${hex(off)}: ${n}`);
-  }
-  /** Finds the byte order from the ident register (0x010000ed on edu). */
-  async probeOrder() {
-    const raw = await b.pread(this.fd, 4, this.bar0.offset + BigInt(EDU_IDENT));
-    if (raw.readUInt32BE(0) === 0x010000ed) this.bigEndian = true;
-    else if (raw.readUInt32LE(0) === 0x010000ed) this.bigEndian = false;
-    else throw new Error(`edu ident reads ${raw.toString('hex')}, neither order gives 0x010000ed`);
-    return this.bigEndian;
-  }
-  /** One DMA: 32-bit register writes (every address here is below 4 GiB), then poll the run bit. */
-  async dma(src, dst, count, toRam) {
-    for (const v of [src, dst]) if (BigInt(v) >= 1n << 32n) throw new Error(`address ${hex(v)} needs 64-bit registers`);
-    await this.write32(EDU_DMA_SRC, src);
-    await this.write32(EDU_DMA_DST, dst);
-    await this.write32(EDU_DMA_CNT, count);
-    await this.write32(EDU_DMA_CMD, CMD_RUN | (toRam ? CMD_TO_RAM : 0));
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      const cmd = await this.read32(EDU_DMA_CMD);
-      if ((cmd & CMD_RUN) === 0) return;
-      if (Date.now() > deadline) throw new Error(`edu DMA did not finish (cmd ${hex(cmd)})`);
-      await sleep(20);
-    }
-  }
-}
+const b = await nativeBinding();
+const { check: report, summary, exitCode } = checkLines('DMA');
 
 async function roundTrip(iommu) {
   const tag = `${iommu}`;
@@ -138,10 +47,8 @@ async function roundTrip(iommu) {
     );
     if (m.iova + m.size > EDU_DMA_LIMIT) return;
 
-    deviceFd = await b.groupGetDeviceFd(prepared.groups[0].fd, bdf);
-    const cfg = await b.deviceGetRegionInfo(deviceFd, k.pciRegion.config);
-    const bar0 = await b.deviceGetRegionInfo(deviceFd, k.pciRegion.bar0);
-    edu = new Edu(deviceFd, bar0, cfg);
+    edu = await Edu.open(b, prepared.groups[0].fd, bdf);
+    deviceFd = edu.fd;
     const vendor = await edu.cfgRead16(0);
     const device = await edu.cfgRead16(2);
     const before = await edu.cfgRead16(PCI_COMMAND);
@@ -151,7 +58,7 @@ async function roundTrip(iommu) {
     report(
       vendor === 0x1234 && device === 0x11e8 && (after & PCI_COMMAND_MASTER) !== 0 && (after & PCI_COMMAND_MEMORY) !== 0,
       `${tag}: device fd, bus mastering on through the config region, edu ident through BAR0`,
-      `${vendor.toString(16)}:${device.toString(16)}, command ${hex(before)} -> ${hex(after)}, BAR0 ${hex(bar0.size)} bytes, MMIO ${big ? 'big' : 'little'}-endian`,
+      `${vendor.toString(16)}:${device.toString(16)}, command ${hex(before)} -> ${hex(after)}, BAR0 ${hex(edu.bar0.size)} bytes, MMIO ${big ? 'big' : 'little'}-endian`,
     );
 
     // RAM -> device -> RAM through the mapped iova.
@@ -240,9 +147,8 @@ async function allGroupsRoundTrip(iommu) {
       `${prepared.containers.length} container(s): ${prepared.containers.map((c) => `[${c.groups.map((g) => g.group).join(',')}] ${hex(c.window.start)}+${hex(c.window.size)}`).join(' ')}, VmLck +${hex(prepared.lockedBytes)}`,
     );
     for (const [i, g] of prepared.groups.entries()) {
-      const deviceFd = await b.groupGetDeviceFd(g.fd, allBdfs[i]);
-      opened.push(deviceFd);
-      const edu = new Edu(deviceFd, await b.deviceGetRegionInfo(deviceFd, k.pciRegion.bar0), await b.deviceGetRegionInfo(deviceFd, k.pciRegion.config));
+      const edu = await Edu.open(b, g.fd, allBdfs[i]);
+      opened.push(edu.fd);
       const cmd = await edu.cfgRead16(PCI_COMMAND);
       await edu.cfgWrite16(PCI_COMMAND, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
       await edu.probeOrder();
@@ -279,5 +185,5 @@ if (!Number.isInteger(group) || !bdf) {
 console.log(`# dma on ${process.arch}, group ${group}, device ${bdf}, page ${b.pageSize}`);
 for (const iommu of ['v1', 'v2']) await roundTrip(iommu);
 if (allGroups.length > 1 && allGroups.length === allBdfs.length) for (const iommu of ['v2', 'v1']) await allGroupsRoundTrip(iommu);
-console.log(`DMA SUMMARY passed=${passed} failed=${failed}`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+summary();
+process.exit(exitCode());

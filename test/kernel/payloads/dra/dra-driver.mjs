@@ -27,32 +27,24 @@
 // One line per check: `DRA PASS|FAIL TAG: name: detail` (the pod's own lines are relayed with its
 // tag); last `DRA SUMMARY passed=N failed=N`.
 //
-//   node dra-driver.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,verify] [--memory 1Mi]
-import { pathToFileURL } from 'node:url';
-import { join, resolve, dirname } from 'node:path';
-import { spawn, execFileSync } from 'node:child_process';
+//   node dra/dra-driver.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,verify] [--memory 1Mi]
+import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { Writable } from 'node:stream';
-import { createInterface } from 'node:readline';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { addonPath, bindReadOnly, busybox, checkLines, dist, groupOpens, hex, load, lockedSettled, memfdMappings, nativeBinding, option, runPod, testDevices, vfioFds } from '../common.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const dist = resolve(opt('dist', '/payload/dist'));
-const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
-const podC = resolve(opt('pod', '/payload/pod'));
-const podNode = join(dirname(podC), 'pod-node.mjs');
-const rounds = opt('rounds', 'c,node,verify,managed,stub').split(',');
-const memorySize = opt('memory', '1Mi');
-const group = Number((process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',')[0]);
-const bdf = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',')[0];
+const podC = resolve(option('pod', '/payload/pod'));
+const podNode = fileURLToPath(new URL('../handoff/pod-node.mjs', import.meta.url));
+const rounds = option('rounds', 'c,node,verify,managed,stub').split(',');
+const memorySize = option('memory', '1Mi');
+const { groups, bdfs } = testDevices();
+const group = groups[0];
+const bdf = bdfs[0];
 // The second edu: parked on pci-stub for the managed stub round.
 const stubBdf = (process.env.PVDP_BDFS ?? '').split(',')[1] ?? null;
 
-const load = (rel) => import(pathToFileURL(join(dist, rel)).href);
-const { NativeBinding, loadNativeAddon } = await load('vfio/native-binding.js');
 const { Daemon } = await load('daemon.js');
 const { buildPreparer } = await load('prepare/setup.js');
 const { DraKubelet } = await load('simulate/dra-kubelet.js');
@@ -64,17 +56,9 @@ const { capabilitiesOf } = await load('prepare/capabilities.js');
 const { createLogger } = await load('log.js');
 const { DEFAULT_HANDOFF_CONTAINER_DIR } = await load('handoff/service.js');
 
-const b = new NativeBinding(loadNativeAddon(addonPath));
+const b = await nativeBinding();
 const memoryBytes = parseByteSize(memorySize);
-const hex = (v) => `0x${BigInt(v).toString(16)}`;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-let passed = 0;
-let failed = 0;
-function report(ok, tag, name, detail) {
-  if (ok) passed++;
-  else failed++;
-  console.log(`DRA ${ok ? 'PASS' : 'FAIL'} ${tag}: ${name}${detail ? `: ${String(detail).replace(/\n/g, ' | ')}` : ''}`);
-}
+const { check, tagged: report, counts, summary, exitCode } = checkLines('DRA');
 
 // The daemon's log, kept in memory: shown (the tail) when something fails.
 const logLines = [];
@@ -88,44 +72,8 @@ const logger = createLogger({
   }),
 });
 
-/** fds of `pid` that are VFIO nodes, memfds or VFIO anon inodes. */
-function vfioFds(pid = 'self') {
-  const out = [];
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    let target;
-    try {
-      target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue;
-    }
-    if (target.startsWith('/dev/vfio') || target.startsWith('/memfd:') || target.startsWith('anon_inode:[vfio')) out.push(`${fd}=${target}`);
-  }
-  return out;
-}
-const memfdMappings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:'));
-const busybox = (applet, argv) => execFileSync(existsSync('/bin/busybox') ? '/bin/busybox' : applet, existsSync('/bin/busybox') ? [applet, ...argv] : argv);
 const listDir = (p) => (existsSync(p) ? readdirSync(p).sort() : null);
 const show = (list) => (list === null ? 'absent' : list.length ? list.join(',') : 'empty');
-
-async function groupOpens(which = group) {
-  try {
-    const fd = await b.openGroup('/', which);
-    await b.close(fd);
-    return 'opened and closed';
-  } catch (err) {
-    return `${err.code ?? ''} ${err.message}`;
-  }
-}
-
-/** VmLck of this process, polled until it equals `want` (the kernel releases asynchronously to our reads). */
-async function lockedSettled(want, tries = 50) {
-  let l = await b.lockedMemoryBytes();
-  for (let i = 0; i < tries && l !== want; i++) {
-    await sleep(100);
-    l = await b.lockedMemoryBytes();
-  }
-  return l;
-}
 
 if (!Number.isInteger(group) || !bdf || memoryBytes === null) {
   console.log(`DRA FAIL setup: arguments: group ${group}, device ${bdf} (PVDP_GROUPS/PVDP_BDFS), --memory ${memorySize}`);
@@ -330,33 +278,24 @@ async function handoffRound(tag) {
   const rootfs = join(dir, `rootfs-${tag}`);
   const view = join(rootfs, mount.containerPath);
   mkdirSync(view, { recursive: true });
-  busybox('mount', ['-o', 'bind', mount.hostPath, view]);
-  busybox('mount', ['-o', 'remount,bind,ro', view]);
+  bindReadOnly(mount.hostPath, view);
   const podSocket = join(rootfs, socketEnv);
   const podEnv = { ...process.env, ...env, PVDP_VFIO_ADDON: addonPath };
   const cmd =
     tag === 'c'
-      ? { file: podC, args: ['claim', podSocket, bdf, tag] }
-      : { file: process.execPath, args: [podNode, '--socket', podSocket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath] };
-  const pod = spawn(cmd.file, cmd.args, { stdio: ['pipe', 'pipe', 'inherit'], env: podEnv });
-  const exited = new Promise((r) => pod.once('exit', (code, signal) => r({ code, signal })));
-  let holding = false;
+      ? { file: podC, args: ['claim', podSocket, bdf, tag], env: podEnv }
+      : { file: process.execPath, args: [podNode, '--socket', podSocket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath], env: podEnv };
   let lHeld = null;
   let lUnprepared = null;
-  const heldCheck = new Promise((resolveHeld) => {
-    const rl = createInterface({ input: pod.stdout });
-    rl.on('line', async (line) => {
+  const { holding, ...result } = await runPod(cmd, {
+    timeoutMs: 90_000,
+    onLine: (line) => {
       // The pod's lines, under this round's tag.
       const m = /^HANDOFF (PASS|FAIL) (\S+): (.*)$/.exec(line);
-      if (m) {
-        if (m[1] === 'PASS') passed++;
-        else failed++;
-        console.log(`DRA ${m[1]} ${tag}: pod: ${m[3]}`);
-        return;
-      }
-      console.log(`# pod ${tag}: ${line}`);
-      if (!line.startsWith('HANDOFF HOLDING')) return;
-      holding = true;
+      if (m) check(m[1] === 'PASS', `${tag}: pod: ${m[3]}`);
+      else console.log(`# pod ${tag}: ${line}`);
+    },
+    whileHolding: async () => {
       try {
         const s = preparation.handoff.manager.status()[0];
         const mine = vfioFds();
@@ -389,14 +328,8 @@ async function handoffRound(tag) {
       } catch (err) {
         report(false, tag, 'checks while the pod holds the container', `${err.code ?? ''} ${err.stack ?? err.message}`);
       }
-      pod.stdin.end('go\n');
-      resolveHeld();
-    });
+    },
   });
-  const timer = setTimeout(() => pod.kill('SIGKILL'), 90_000);
-  const result = await exited;
-  clearTimeout(timer);
-  if (holding) await heldCheck;
   report(result.code === 0 && holding, tag, 'the pod exits 0 after claiming through the CDI mount', `exit ${result.code}${result.signal ? ` signal ${result.signal}` : ''}, socket ${podSocket}`);
   try {
     busybox('umount', [view]);
@@ -409,14 +342,14 @@ async function handoffRound(tag) {
   }
 
   // The pod's exit released everything in the kernel.
-  const l2 = await lockedSettled(l0);
+  const l2 = await lockedSettled(b, l0);
   report(
     l2 === l0 && lHeld !== null,
     tag,
     "after the pod exits the driver's VmLck is back at its baseline",
     `VmLck ${hex(l0)} before prepare, ${hex(l1)} prepared, ${lHeld === null ? '-' : hex(lHeld)} while the pod held it, ${lUnprepared === null ? '-' : hex(lUnprepared)} after unprepare with the pod holding, ${hex(l2)} after the pod exited`,
   );
-  const reopen = await groupOpens();
+  const reopen = await groupOpens(b, group);
   const left = vfioFds();
   report(reopen === 'opened and closed' && left.length === f0.length, tag, `nothing holds group ${group} any more (/dev/vfio/${group} opens again)`, `${reopen}; driver VFIO fds ${left.join(',') || 'none'}`);
 }
@@ -446,7 +379,7 @@ async function verifyRound(tag) {
   );
   const described = preparation.describe(group);
   const v = preparation.lastVerification(group);
-  const reopen = await groupOpens();
+  const reopen = await groupOpens(b, group);
   report(
     Boolean(v) && /sPAPR/.test(described) && l1 === l0 && reopen === 'opened and closed',
     tag,
@@ -712,9 +645,9 @@ try {
   report(false, 'driver', 'stop()', `${err.code ?? ''} ${err.stack ?? err.message}`);
 }
 rmSync(dir, { recursive: true, force: true });
-if (failed) {
+if (counts.failed) {
   console.log('# daemon log (last 40 lines):');
   for (const l of logLines.slice(-40)) console.log(`# ${l}`);
 }
-console.log(`DRA SUMMARY passed=${passed} failed=${failed}`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+summary();
+process.exit(exitCode());

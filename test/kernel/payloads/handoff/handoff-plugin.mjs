@@ -15,59 +15,26 @@
 // VmLck is back where it was and that the group opens again (nothing pinned, nothing held).
 // One line per check: `HANDOFF PASS|FAIL TAG: name: detail`; last `HANDOFF SUMMARY passed=N failed=N`.
 //
-//   node handoff-plugin.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,exec] [--memory BYTES]
-import { pathToFileURL } from 'node:url';
+//   node handoff/handoff-plugin.mjs [--dist DIR] [--addon FILE] [--pod FILE] [--rounds c,node,exec] [--memory BYTES]
+import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
-import { spawn, execFileSync } from 'node:child_process';
-import { readdirSync, readlinkSync, readFileSync, statSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
+import { readdirSync, statSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { addonPath, bindReadOnly, busybox, checkLines, dist, groupOpens, hex, load, lockedSettled, memfdMappings, nativeBinding, option, runPod, testDevices, vfioFds } from '../common.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const dist = resolve(opt('dist', '/payload/dist'));
-const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
-const podC = resolve(opt('pod', '/payload/pod'));
-const rounds = opt('rounds', 'c,node,exec').split(',');
-const memorySize = Number(opt('memory', String(1 << 20)));
-const allGroups = (process.env.PVDP_GROUPS ?? process.env.PVDP_GROUP ?? '').split(',').filter(Boolean).map(Number);
-const allBdfs = (process.env.PVDP_BDFS ?? process.env.PVDP_BDF ?? '').split(',').filter(Boolean);
+const podC = resolve(option('pod', '/payload/pod'));
+const podNode = fileURLToPath(new URL('pod-node.mjs', import.meta.url));
+const rounds = option('rounds', 'c,node,exec').split(',');
+const memorySize = Number(option('memory', String(1 << 20)));
+const { groups: allGroups, bdfs: allBdfs } = testDevices();
 const group = allGroups[0];
 const bdf = allBdfs[0];
 
-const { NativeBinding, loadNativeAddon } = await import(pathToFileURL(`${dist}/vfio/native-binding.js`).href);
-const { HandoffManager } = await import(pathToFileURL(`${dist}/handoff/manager.js`).href);
-const { unixTransport } = await import(pathToFileURL(`${dist}/handoff/transport.js`).href);
-const { createVfioHandoffSource } = await import(pathToFileURL(`${dist}/prepare/handoff-source.js`).href);
+const { HandoffManager } = await load('handoff/manager.js');
+const { unixTransport } = await load('handoff/transport.js');
+const { createVfioHandoffSource } = await load('prepare/handoff-source.js');
 
-const b = new NativeBinding(loadNativeAddon(addonPath));
-const hex = (v) => `0x${BigInt(v).toString(16)}`;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-let passed = 0;
-let failed = 0;
-function report(ok, tag, name, detail) {
-  if (ok) passed++;
-  else failed++;
-  console.log(`HANDOFF ${ok ? 'PASS' : 'FAIL'} ${tag}: ${name}${detail ? `: ${String(detail).replace(/\n/g, ' | ')}` : ''}`);
-}
-
-/** fds of `pid` that are VFIO nodes, memfds or VFIO anon inodes. */
-function vfioFds(pid = 'self') {
-  const out = [];
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    let target;
-    try {
-      target = readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      continue;
-    }
-    if (target.startsWith('/dev/vfio') || target.startsWith('/memfd:') || target.startsWith('anon_inode:[vfio')) out.push(`${fd}=${target}`);
-  }
-  return out;
-}
-const memfdMappings = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:'));
+const b = await nativeBinding();
+const { tagged: report, summary, exitCode } = checkLines('HANDOFF');
 
 // The plugin's wiring, as src/ does it on a node, minus the kubelet.
 let lastDescription = null;
@@ -96,12 +63,9 @@ const bothGroups = allGroups.map((g, i) => groupOf(g, allBdfs[i]));
 function podCommand(tag, socket) {
   const env = { ...process.env, PVDP_VFIO_ADDON: addonPath };
   if (tag === 'c') return { file: podC, args: ['claim', socket, bdf, tag], env };
-  if (tag === 'node' || tag === 'node2') return { file: process.execPath, args: [join(dirnameOf(podC), 'pod-node.mjs'), '--socket', socket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath], env };
+  if (tag === 'node' || tag === 'node2') return { file: process.execPath, args: [podNode, '--socket', socket, '--bdf', bdf, '--tag', tag, '--dist', dist, '--addon', addonPath], env };
   if (tag === 'exec') return { file: process.execPath, args: [join(dist, 'handoff', 'exec-cli.js'), 'exec', '--socket', socket, '--', podC, 'fds', bdf, tag], env };
   throw new Error(`unknown round ${tag}`);
-}
-function dirnameOf(p) {
-  return p.slice(0, p.lastIndexOf('/')) || '/';
 }
 
 async function round(tag) {
@@ -128,12 +92,9 @@ async function round(tag) {
   );
 
   // The container's view: a read-only bind mount of the mounted directory (what the kubelet makes of read_only: true).
-  const mountBin = existsSync('/bin/busybox') ? ['/bin/busybox', 'mount'] : ['mount'];
-  const umountBin = existsSync('/bin/busybox') ? ['/bin/busybox', 'umount'] : ['umount'];
   const view = `/run/pvdp-pod-${tag}`;
   mkdirSync(view, { recursive: true });
-  execFileSync(mountBin[0], [...mountBin.slice(1), '-o', 'bind', hostDir, view]);
-  execFileSync(mountBin[0], [...mountBin.slice(1), '-o', 'remount,bind,ro', view]);
+  bindReadOnly(hostDir, view);
   let write;
   try {
     writeFileSync(join(view, 'record.json'), '{}');
@@ -150,16 +111,10 @@ async function round(tag) {
   );
   const podSocket = join(view, 'handoff.sock');
 
-  const cmd = podCommand(tag, podSocket);
-  const pod = spawn(cmd.file, cmd.args, { stdio: ['pipe', 'pipe', 'inherit'], env: cmd.env });
-  const exited = new Promise((r) => pod.once('exit', (code, signal) => r({ code, signal })));
-  let holding = false;
-  const heldCheck = new Promise((resolveHeld) => {
-    const rl = createInterface({ input: pod.stdout });
-    rl.on('line', async (line) => {
-      console.log(line);
-      if (!line.startsWith('HANDOFF HOLDING')) return;
-      holding = true;
+  const { holding, ...result } = await runPod(podCommand(tag, podSocket), {
+    timeoutMs: 60_000,
+    onLine: (line) => console.log(line),
+    whileHolding: async (pod) => {
       // The pod holds everything: the plugin holds nothing of it any more.
       const s = manager.status().find((x) => x.groups.join(', ') === ids);
       const mine = vfioFds();
@@ -176,43 +131,22 @@ async function round(tag) {
         const wrapper = vfioFds(pod.pid);
         report(wrapper.length === 0, tag, 'the exec wrapper keeps no copy of the fds (only its child holds them)', `wrapper pid ${pod.pid}: ${wrapper.join(',') || 'none'}`);
       }
-      pod.stdin.end('go\n');
-      resolveHeld();
-    });
+    },
   });
-  const timer = setTimeout(() => pod.kill('SIGKILL'), 60_000);
-  const result = await exited;
-  clearTimeout(timer);
-  if (holding) await heldCheck;
   report(result.code === 0 && holding, tag, 'the pod exits 0 (it connected through the read-only view)', `exit ${result.code}${result.signal ? ` signal ${result.signal}` : ''}, socket ${podSocket}`);
   try {
-    execFileSync(umountBin[0], [...umountBin.slice(1), view]);
+    busybox('umount', [view]);
   } catch (err) {
     console.log(`# umount ${view}: ${err.message}`);
   }
 
   // The pod's exit released everything in the kernel.
-  let l2 = await b.lockedMemoryBytes();
-  for (let i = 0; i < 50 && l2 !== l0; i++) {
-    await sleep(100);
-    l2 = await b.lockedMemoryBytes();
-  }
+  const l2 = await lockedSettled(b, l0);
   report(l2 === l0, tag, "after the pod exits the plugin's VmLck is back where it was", `VmLck ${hex(l0)} before prepare, ${hex(l1)} prepared and while held, ${hex(l2)} after the pod exited`);
-  let reopen;
-  try {
-    const fd = await b.openGroup('/', group);
-    await b.close(fd);
-    reopen = 'opened and closed';
-  } catch (err) {
-    reopen = `${err.code ?? ''} ${err.message}`;
-  }
+  let reopen = await groupOpens(b, group);
   for (const g of groups.slice(1)) {
-    try {
-      const fd = await b.openGroup('/', g.id);
-      await b.close(fd);
-    } catch (err) {
-      reopen = `group ${g.id}: ${err.code ?? ''} ${err.message}`;
-    }
+    const other = await groupOpens(b, g.id);
+    if (other !== 'opened and closed') reopen = `group ${g.id}: ${other}`;
   }
   report(reopen === 'opened and closed', tag, `nothing holds group(s) ${ids} any more (/dev/vfio/N opens again)`, reopen);
 }
@@ -235,5 +169,5 @@ await manager.stop();
 const lEnd = await b.lockedMemoryBytes();
 const left = vfioFds();
 report(lEnd === lStart && left.length === 0, 'plugin', 'after every round and stop() the plugin VmLck is as at start and no VFIO fd is left', `VmLck ${hex(lStart)} -> ${hex(lEnd)}, fds ${left.join(',') || 'none'}`);
-console.log(`HANDOFF SUMMARY passed=${passed} failed=${failed}`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+summary();
+process.exit(exitCode());

@@ -5,97 +5,21 @@
 // `HANDOFF PASS|FAIL TAG: name: detail`, `HANDOFF SUMMARY`, then `HANDOFF HOLDING TAG`, waits for a
 // line on stdin (the plugin measures meanwhile) and exits without closing anything.
 //
-//   node pod-node.mjs --socket PATH --bdf BDF --tag TAG [--dist DIR] [--addon FILE]
-import { pathToFileURL } from 'node:url';
-import { resolve } from 'node:path';
-import { readdirSync, readlinkSync, readFileSync } from 'node:fs';
+//   node handoff/pod-node.mjs --socket PATH --bdf BDF --tag TAG [--dist DIR] [--addon FILE]
 import { randomBytes } from 'node:crypto';
+import { Edu, EDU_BUFFER, EDU_DMA_LENGTH as LEN, checkLines, hex, load, nativeBinding, option, vfioFds, vmLckKb } from '../common.mjs';
 
-const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1] : fallback;
-};
-const dist = resolve(opt('dist', '/payload/dist'));
-const addonPath = resolve(opt('addon', '/payload/vfio_native.node'));
-const socketPath = opt('socket');
-const bdf = opt('bdf');
-const tag = opt('tag', 'node');
+const socketPath = option('socket');
+const bdf = option('bdf');
+const tag = option('tag', 'node');
 
-let passed = 0;
-let failed = 0;
-function report(ok, name, detail) {
-  if (ok) passed++;
-  else failed++;
-  console.log(`HANDOFF ${ok ? 'PASS' : 'FAIL'} ${tag}: ${name}${detail ? `: ${String(detail).replace(/\n/g, ' | ')}` : ''}`);
-}
-const hex = (v) => `0x${BigInt(v).toString(16)}`;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const lines = checkLines('HANDOFF');
+const report = (ok, name, detail) => lines.tagged(ok, tag, name, detail);
 
-function vfioFds() {
-  const out = [];
-  for (const fd of readdirSync('/proc/self/fd')) {
-    let target;
-    try {
-      target = readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      continue;
-    }
-    if (target.startsWith('/dev/vfio') || target.startsWith('/memfd:') || target.startsWith('anon_inode:[vfio')) out.push(`${fd}=${target}`);
-  }
-  return out;
-}
-const vmLckKb = () => Number(/^VmLck:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? -1);
-
-const { NativeBinding, loadNativeAddon } = await import(pathToFileURL(`${dist}/vfio/native-binding.js`).href);
-const { claim } = await import(pathToFileURL(`${dist}/handoff/client.js`).href);
-const { unixClaimTransport } = await import(pathToFileURL(`${dist}/handoff/transport.js`).href);
-const b = new NativeBinding(loadNativeAddon(addonPath));
+const { claim } = await load('handoff/client.js');
+const { unixClaimTransport } = await load('handoff/transport.js');
+const b = await nativeBinding();
 const k = b.constants;
-
-const EDU_BUFFER = 0x40000n;
-const LEN = 2048;
-class Edu {
-  constructor(fd, bar0, cfg) {
-    Object.assign(this, { fd, bar0, cfg, bigEndian: true });
-  }
-  async cfgRead16(off) {
-    return (await b.pread(this.fd, 2, this.cfg.offset + BigInt(off))).readUInt16LE(0);
-  }
-  async cfgWrite16(off, v) {
-    const buf = Buffer.alloc(2);
-    buf.writeUInt16LE(v);
-    await b.pwrite(this.fd, buf, this.cfg.offset + BigInt(off));
-  }
-  async read32(off) {
-    const buf = await b.pread(this.fd, 4, this.bar0.offset + BigInt(off));
-    return this.bigEndian ? buf.readUInt32BE(0) : buf.readUInt32LE(0);
-  }
-  async write32(off, v) {
-    const buf = Buffer.alloc(4);
-    if (this.bigEndian) buf.writeUInt32BE(Number(v));
-    else buf.writeUInt32LE(Number(v));
-    await b.pwrite(this.fd, buf, this.bar0.offset + BigInt(off));
-  }
-  async probeOrder() {
-    const raw = await b.pread(this.fd, 4, this.bar0.offset);
-    if (raw.readUInt32BE(0) === 0x010000ed) this.bigEndian = true;
-    else if (raw.readUInt32LE(0) === 0x010000ed) this.bigEndian = false;
-    else throw new Error(`edu ident reads ${raw.toString('hex')}`);
-  }
-  async dma(src, dst, count, toRam) {
-    await this.write32(0x80, src);
-    await this.write32(0x88, dst);
-    await this.write32(0x90, count);
-    await this.write32(0x98, 1 | (toRam ? 2 : 0));
-    const deadline = Date.now() + 10_000;
-    for (;;) {
-      if (((await this.read32(0x98)) & 1) === 0) return;
-      if (Date.now() > deadline) throw new Error('edu DMA did not finish');
-      await sleep(20);
-    }
-  }
-}
 
 async function main() {
   const before = vfioFds();
@@ -125,10 +49,8 @@ async function main() {
   const mem = await b.mmap(fds.memory, BigInt(d.memory.size));
   report(true, 'mmap of the memory fd (MAP_SHARED)', `${BigInt(d.memory.size)} bytes`);
 
-  const deviceFd = await b.groupGetDeviceFd(fds.groups[0], bdf);
-  const cfg = await b.deviceGetRegionInfo(deviceFd, k.pciRegion.config);
-  const bar0 = await b.deviceGetRegionInfo(deviceFd, k.pciRegion.bar0);
-  const edu = new Edu(deviceFd, bar0, cfg);
+  const edu = await Edu.open(b, fds.groups[0], bdf);
+  const deviceFd = edu.fd;
   const vendor = await edu.cfgRead16(0);
   const device = await edu.cfgRead16(2);
   const cmdBefore = await edu.cfgRead16(4);
@@ -176,8 +98,8 @@ try {
 } catch (err) {
   report(false, 'pod steps ran', `${err.code ?? ''} ${err.stack ?? err.message}`);
 }
-console.log(`HANDOFF SUMMARY ${tag} passed=${passed} failed=${failed}`);
+lines.summary(tag);
 console.log(`HANDOFF HOLDING ${tag}`);
 // Wait for the plugin's go, then exit without closing anything: the kernel releases it all.
-process.stdin.once('data', () => process.exit(failed ? 1 : 0));
-process.stdin.once('end', () => process.exit(failed ? 1 : 0));
+process.stdin.once('data', () => process.exit(lines.counts.failed ? 1 : 0));
+process.stdin.once('end', () => process.exit(lines.counts.failed ? 1 : 0));
