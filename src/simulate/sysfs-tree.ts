@@ -2,7 +2,7 @@
 // relative symlinks laid out as the kernel lays them out, so discovery runs on
 // it unchanged. Mutators replay what the kernel does on hot-plug, unplug,
 // driver rebinding and EEH freezes, for tests, the demo and --simulate.
-import { mkdir, readdir, readlink, realpath, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, readlink, realpath, rm, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative } from 'node:path';
 import { isVfioDriver, pciDomain } from '../topology/discover.js';
 import type { DiscoveryRoots } from '../topology/types.js';
@@ -80,6 +80,53 @@ function rootBusName(address: string): string {
 
 const hex = (v: string): string => `0x${v}\n`;
 
+interface UeventIds {
+  address: string;
+  vendor: string;
+  device: string;
+  classCode: string;
+  subsystemVendor: string;
+  subsystemDevice: string;
+}
+
+/**
+ * A PCI function's `uevent` file as the kernel prints it: dev_uevent's DRIVER
+ * line when bound, then pci_uevent's keys (class `%04X`, ids `%04X:%04X`,
+ * the slot, and the modalias with the programming interface in lower case).
+ */
+function ueventText(ids: UeventIds, driver: string | null): string {
+  const up = (v: string, width: number): string => Number.parseInt(v, 16).toString(16).toUpperCase().padStart(width, '0');
+  const cls = Number.parseInt(ids.classCode, 16);
+  const byte = (shift: number): number => (cls >> shift) & 0xff;
+  const lines = [
+    ...(driver !== null ? [`DRIVER=${driver}`] : []),
+    `PCI_CLASS=${up(ids.classCode, 4)}`,
+    `PCI_ID=${up(ids.vendor, 4)}:${up(ids.device, 4)}`,
+    `PCI_SUBSYS_ID=${up(ids.subsystemVendor, 4)}:${up(ids.subsystemDevice, 4)}`,
+    `PCI_SLOT_NAME=${ids.address}`,
+    `MODALIAS=pci:v${up(ids.vendor, 8)}d${up(ids.device, 8)}sv${up(ids.subsystemVendor, 8)}sd${up(ids.subsystemDevice, 8)}` +
+      `bc${byte(16).toString(16).toUpperCase().padStart(2, '0')}sc${byte(8).toString(16).toUpperCase().padStart(2, '0')}i${byte(0).toString(16).padStart(2, '0')}`,
+  ];
+  return `${lines.join('\n')}\n`;
+}
+
+/** The kernel prints uevent on every read: after a rebinding its DRIVER line follows the link. */
+async function syncUeventDriver(dir: string, driver: string | null): Promise<void> {
+  const path = join(dir, 'uevent');
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    // No uevent file in this tree.
+    return;
+  }
+  const rest = text.split('\n').filter((l) => l !== '' && !l.startsWith('DRIVER='));
+  await writeFile(path, `${[...(driver !== null ? [`DRIVER=${driver}`] : []), ...rest].join('\n')}\n`);
+}
+
+/** Attributes the uevent file repeats. */
+const UEVENT_IDENTITY_ATTRS: ReadonlySet<string> = new Set(['vendor', 'device', 'class', 'subsystem_vendor', 'subsystem_device']);
+
 /** Replace whatever is at `path` with a relative symlink to `target`. */
 async function relLink(target: string, path: string): Promise<void> {
   const rel = relative(dirname(path), target);
@@ -122,6 +169,10 @@ async function createRootPort(root: string, address: string): Promise<string> {
       writeFile(join(dir, 'device'), hex('04c1')),
       writeFile(join(dir, 'class'), hex('060400')),
       writeFile(join(dir, 'numa_node'), '-1\n'),
+      writeFile(
+        join(dir, 'uevent'),
+        ueventText({ address, vendor: '1014', device: '04c1', classCode: '060400', subsystemVendor: '0000', subsystemDevice: '0000' }, 'pcieport'),
+      ),
       relLink(dir, busLinkPath(root, address)),
     ]);
     await bindLinks(root, dir, address, 'pcieport');
@@ -161,6 +212,20 @@ async function writeFunction(root: string, group: GroupSpec, fn: FunctionSpec): 
     writeFile(join(dir, 'subsystem_device'), hex(fn.subsystemDevice ?? '0000')),
     writeFile(join(dir, 'driver_override'), `${fn.driverOverride ?? '(null)'}\n`),
     writeFile(join(dir, 'numa_node'), `${fn.numaNode ?? -1}\n`),
+    writeFile(
+      join(dir, 'uevent'),
+      ueventText(
+        {
+          address,
+          vendor: fn.vendor,
+          device: fn.device,
+          classCode: fn.classCode,
+          subsystemVendor: fn.subsystemVendor ?? '0000',
+          subsystemDevice: fn.subsystemDevice ?? '0000',
+        },
+        fn.driver ?? null,
+      ),
+    ),
     ...(fn.aerFatal !== undefined ? [writeFile(join(dir, 'aer_dev_fatal'), aerFatalText(fn.aerFatal))] : []),
     // vfio-pci leaves idle devices disabled; host drivers enable them.
     writeFile(join(dir, 'enable'), fn.driver !== undefined && fn.driver !== null && !isVfioDriver(fn.driver) ? '1\n' : '0\n'),
@@ -324,6 +389,7 @@ export async function removeGroup(roots: DiscoveryRoots, id: number): Promise<vo
 export async function bindDriver(roots: DiscoveryRoots, address: string, driver: string | null): Promise<void> {
   const dir = await deviceDirOf(roots.sysfsRoot, address);
   await bindLinks(roots.sysfsRoot, dir, address, driver);
+  await syncUeventDriver(dir, driver);
   await writeFile(join(dir, 'enable'), driver !== null && !isVfioDriver(driver) ? '1\n' : '0\n');
   await syncDevNode(roots, await groupOf(roots, address));
 }
@@ -349,9 +415,17 @@ export async function setEehState(roots: DiscoveryRoots, address: string, peStat
   );
 }
 
-/** Write one attribute file of a function verbatim (tests use it to plant garbage). */
+/**
+ * Write one attribute file of a function verbatim (tests use it to plant
+ * garbage). A planted identity attribute (vendor, device, class, subsystem
+ * ids) is one the kernel's uevent would not repeat, so the function's uevent
+ * file goes: the tree then reads like one without uevent files, and discovery
+ * reads the attribute planted.
+ */
 export async function setAttribute(roots: DiscoveryRoots, address: string, attr: string, value: string): Promise<void> {
-  await writeFile(join(await deviceDirOf(roots.sysfsRoot, address), attr), value);
+  const dir = await deviceDirOf(roots.sysfsRoot, address);
+  await writeFile(join(dir, attr), value);
+  if (UEVENT_IDENTITY_ATTRS.has(attr)) await rm(join(dir, 'uevent'), { force: true });
 }
 
 /** What a host driver made under a function: a network interface, or block or character device nodes. */

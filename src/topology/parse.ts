@@ -34,6 +34,57 @@ export function normaliseHexId(text: string, digits: number): string | null {
   return value.padStart(digits, '0');
 }
 
+/** What identifies a PCI function to a selector: ids as `PciFunction` spells them. */
+export interface PciIdentity {
+  vendor: string;
+  device: string;
+  classCode: string;
+  subsystemVendor: string;
+  subsystemDevice: string;
+}
+
+const UEVENT_ID_PAIR = /^([0-9a-f]{4}):([0-9a-f]{4})$/i;
+const UEVENT_CLASS = /^[0-9a-f]{4,6}$/i;
+
+/** The value of `key` in uevent text that starts with a newline; null when absent or given twice. */
+function ueventValue(text: string, key: string): string | null {
+  const needle = `\n${key}=`;
+  const at = text.indexOf(needle);
+  if (at < 0 || text.indexOf(needle, at + 1) >= 0) return null;
+  const start = at + needle.length;
+  const end = text.indexOf('\n', start);
+  return text.slice(start, end < 0 ? text.length : end);
+}
+
+/**
+ * The identity in a PCI function's `uevent` file, one read instead of five.
+ * The kernel prints `KEY=value` lines: `PCI_CLASS=%04X` (the 24-bit class,
+ * upper case, at least four digits), `PCI_ID=%04X:%04X` (vendor:device),
+ * `PCI_SUBSYS_ID=%04X:%04X` and `PCI_SLOT_NAME` (the address), among keys
+ * not used here (DRIVER, MODALIAS, OF_* on device-tree platforms). Null
+ * unless all four are there once each, well formed, and the slot is
+ * `address`: anything less and the caller reads the attribute files.
+ */
+export function parsePciUevent(text: string, address: string): PciIdentity | null {
+  const t = `\n${text}`;
+  const id = ueventValue(t, 'PCI_ID');
+  const cls = ueventValue(t, 'PCI_CLASS');
+  const subsys = ueventValue(t, 'PCI_SUBSYS_ID');
+  const slot = ueventValue(t, 'PCI_SLOT_NAME');
+  if (id === null || cls === null || subsys === null || slot === null) return null;
+  if (slot.toLowerCase() !== address.toLowerCase()) return null;
+  const ids = UEVENT_ID_PAIR.exec(id);
+  const sub = UEVENT_ID_PAIR.exec(subsys);
+  if (ids?.[1] === undefined || ids[2] === undefined || sub?.[1] === undefined || sub[2] === undefined || !UEVENT_CLASS.test(cls)) return null;
+  return {
+    vendor: ids[1].toLowerCase(),
+    device: ids[2].toLowerCase(),
+    classCode: cls.toLowerCase().padStart(6, '0'),
+    subsystemVendor: sub[1].toLowerCase(),
+    subsystemDevice: sub[2].toLowerCase(),
+  };
+}
+
 /** A decimal integer such as `numa_node` (`-1`, `0`, `8`); null when not one. */
 export function parseDecimal(text: string): number | null {
   const t = text.trim();

@@ -1,6 +1,5 @@
 // One PCI function of a group as sysfs shows it (identity, driver, NUMA node, SR-IOV parent,
 // AER counters), and the EEH state of the PE behind it.
-import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   isPciAddress,
@@ -10,6 +9,7 @@ import {
   parseDecimal,
   parseDriverOverride,
   parseHexNumber,
+  parsePciUevent,
   pciDomain,
   type EehPeState,
   parseAerFatalTotal,
@@ -17,9 +17,21 @@ import {
   decodeEehStateRead,
   isEehAbsentCode,
 } from './parse.js';
-import { readAttr, readLinkAttr, type ReadResult } from './sysfs-read.js';
+import { attrRequest, linkRequest, rareRequest, statRequest, type ReadResult, type SysfsReader, type SysfsRequest } from './sysfs-read.js';
 import type { DiscoveryIssue, DiscoveryRoots, EehInfo, PciFunction } from './types.js';
-import { errCode, exists, iommuGroupsDir, pciDevicesDir } from './sysfs-paths.js';
+import { iommuGroupsDir, pciDevicesDir } from './sysfs-paths.js';
+
+/** The two directories a scan reads functions through, joined once per scan. */
+export interface ScanDirs {
+  /** `<sysfsRoot>/sys/kernel/iommu_groups` */
+  groups: string;
+  /** `<sysfsRoot>/sys/bus/pci/devices` */
+  bus: string;
+}
+
+export function scanDirs(roots: DiscoveryRoots): ScanDirs {
+  return { groups: iommuGroupsDir(roots), bus: pciDevicesDir(roots) };
+}
 
 // ---- one function ----------------------------------------------------------
 
@@ -30,39 +42,65 @@ export interface FunctionScan {
   issues: DiscoveryIssue[];
 }
 
-async function readFunctionAt(base: string, address: string, group: number): Promise<FunctionScan> {
+/**
+ * What a function's directory is asked for first. The identity comes from
+ * `uevent` when it parses completely (on a real kernel it matches the
+ * attribute files, being printed from the same fields); the driver always
+ * from its link, which a rebinding changes, never from uevent's DRIVER line.
+ */
+function functionRequests(base: string): SysfsRequest[] {
+  return [
+    attrRequest(base, 'uevent'),
+    linkRequest(base, 'driver'),
+    attrRequest(base, 'driver_override'),
+    attrRequest(base, 'numa_node'),
+    rareRequest('link', base, 'physfn'),
+    rareRequest('read', base, 'aer_dev_fatal'),
+    // The bus (or group) entry links into /sys/devices/pciDDDD:BB/...: the root complex.
+    linkRequest(base),
+  ];
+}
+const FUNCTION_REQUESTS = 7;
+
+/** Without a complete uevent: the identity attribute files, one each. */
+function identityRequests(base: string): SysfsRequest[] {
+  return ['vendor', 'device', 'class', 'subsystem_vendor', 'subsystem_device'].map((a) => attrRequest(base, a));
+}
+
+/** Judge what `functionRequests(base)` answered; reads the identity files when uevent does not do. */
+async function functionFrom(reader: SysfsReader, base: string, address: string, group: number, answers: readonly ReadResult[]): Promise<FunctionScan> {
+  const [ueventR, driverR, overrideR, numaR, physfnR, aerR, selfR] = answers as [ReadResult, ReadResult, ReadResult, ReadResult, ReadResult, ReadResult, ReadResult];
   const issues: DiscoveryIssue[] = [];
   const issue = (attr: string, message: string): void => {
     issues.push({ path: join(base, attr), message, group });
   };
-  const [vendorR, deviceR, classR, subVendorR, subDeviceR, driverR, overrideR, numaR, physfnR, aerR, selfR] = await Promise.all([
-    readAttr(join(base, 'vendor')),
-    readAttr(join(base, 'device')),
-    readAttr(join(base, 'class')),
-    readAttr(join(base, 'subsystem_vendor')),
-    readAttr(join(base, 'subsystem_device')),
-    readLinkAttr(join(base, 'driver')),
-    readAttr(join(base, 'driver_override')),
-    readAttr(join(base, 'numa_node')),
-    readLinkAttr(join(base, 'physfn')),
-    readAttr(join(base, 'aer_dev_fatal')),
-    // The bus (or group) entry links into /sys/devices/pciDDDD:BB/...: the root complex.
-    readLinkAttr(base),
-  ]);
 
-  // Identity attributes are required: without them no selector can match safely.
-  const required = (r: ReadResult, attr: string, digits: number): string | null => {
-    if (!r.ok) {
-      issue(attr, `Cannot read ${attr} of function ${address}: ${r.code}`);
-      return null;
-    }
-    const v = normaliseHexId(r.text, digits);
-    if (v === null) issue(attr, `Unexpected content in ${attr} of function ${address}: ${JSON.stringify(r.text.trim().slice(0, 40))}`);
-    return v;
-  };
-  const vendor = required(vendorR, 'vendor', 4);
-  const device = required(deviceR, 'device', 4);
-  const classCode = required(classR, 'class', 6);
+  const fromUevent = ueventR.ok ? parsePciUevent(ueventR.text, address) : null;
+  let vendor: string | null;
+  let device: string | null;
+  let classCode: string | null;
+  let subVendorR: ReadResult | null = null;
+  let subDeviceR: ReadResult | null = null;
+  if (fromUevent !== null) {
+    ({ vendor, device, classCode } = fromUevent);
+  } else {
+    const [vendorR, deviceR, classR, sv, sd] = (await reader.gather(identityRequests(base))) as [ReadResult, ReadResult, ReadResult, ReadResult, ReadResult];
+    subVendorR = sv;
+    subDeviceR = sd;
+    // Identity attributes are required: without them no selector can match safely.
+    const required = (r: ReadResult, attr: string, digits: number): string | null => {
+      if (!r.ok) {
+        issue(attr, `Cannot read ${attr} of function ${address}: ${r.code}`);
+        return null;
+      }
+      const v = normaliseHexId(r.text, digits);
+      if (v === null) issue(attr, `Unexpected content in ${attr} of function ${address}: ${JSON.stringify(r.text.trim().slice(0, 40))}`);
+      return v;
+    };
+    vendor = required(vendorR, 'vendor', 4);
+    device = required(deviceR, 'device', 4);
+    classCode = required(classR, 'class', 6);
+  }
 
   // The driver decides usability: anything but "no link" that we cannot read is a failure.
   let driver: string | null = null;
@@ -104,8 +142,8 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
       domain: pciDomain(address) ?? 0,
       vendor,
       device,
-      subsystemVendor: optionalHex(subVendorR, 'subsystem_vendor'),
-      subsystemDevice: optionalHex(subDeviceR, 'subsystem_device'),
+      subsystemVendor: fromUevent !== null ? fromUevent.subsystemVendor : optionalHex(subVendorR!, 'subsystem_vendor'),
+      subsystemDevice: fromUevent !== null ? fromUevent.subsystemDevice : optionalHex(subDeviceR!, 'subsystem_device'),
       classCode,
       isBridge: classCode.startsWith('06'),
       driver,
@@ -119,14 +157,8 @@ async function readFunctionAt(base: string, address: string, group: number): Pro
   };
 }
 
-/** stat as a value: null when the path resolves, else the error code. */
-async function resolveError(path: string): Promise<string | null> {
-  try {
-    await stat(path);
-    return null;
-  } catch (err) {
-    return errCode(err);
-  }
+async function readFunctionAt(reader: SysfsReader, base: string, address: string, group: number): Promise<FunctionScan> {
+  return functionFrom(reader, base, address, group, await reader.gather(functionRequests(base)));
 }
 
 /**
@@ -135,19 +167,24 @@ async function resolveError(path: string): Promise<string | null> {
  * group's link is what makes the function a member: when it cannot be
  * resolved, whatever the bus link shows is not known to be this member.
  */
-export async function readFunction(roots: DiscoveryRoots, group: number, address: string): Promise<FunctionScan> {
-  const busPath = join(pciDevicesDir(roots), address);
-  const groupPath = join(iommuGroupsDir(roots), String(group), 'devices', address);
-  const [first, groupLinkError] = await Promise.all([readFunctionAt(busPath, address, group), resolveError(groupPath)]);
-  if (groupLinkError !== null) {
+export async function readFunction(reader: SysfsReader, dirs: ScanDirs, group: number, address: string): Promise<FunctionScan> {
+  const busPath = `${dirs.bus}/${address}`;
+  const groupPath = `${dirs.groups}/${group}/devices/${address}`;
+  // One trip for the function and its group link.
+  const answers = await reader.gather([...functionRequests(busPath), statRequest(groupPath)]);
+  const groupLinkR = answers[FUNCTION_REQUESTS] as ReadResult;
+  if (!groupLinkR.ok) {
     return {
       fn: null,
-      failure: `its link ${groupPath} cannot be resolved (${groupLinkError})`,
-      issues: [{ path: groupPath, message: `The group link of function ${address} cannot be resolved: ${groupLinkError}`, group }],
+      failure: `its link ${groupPath} cannot be resolved (${groupLinkR.code})`,
+      issues: [{ path: groupPath, message: `The group link of function ${address} cannot be resolved: ${groupLinkR.code}`, group }],
     };
   }
-  if (first.fn !== null || (await exists(busPath))) return first;
-  const second = await readFunctionAt(groupPath, address, group);
+  const first = await functionFrom(reader, busPath, address, group, answers.slice(0, FUNCTION_REQUESTS));
+  if (first.fn !== null) return first;
+  const [busLinkR] = (await reader.gather([statRequest(busPath)])) as [ReadResult];
+  if (busLinkR.ok) return first;
+  const second = await readFunctionAt(reader, groupPath, address, group);
   const note: DiscoveryIssue = { path: busPath, message: `The bus link of function ${address} is missing or broken`, group };
   if (second.fn !== null) return { fn: second.fn, issues: [note, ...second.issues] };
   return { fn: null, failure: `its device directory ${groupPath} cannot be read`, issues: [note, ...second.issues] };
@@ -161,14 +198,19 @@ export async function readFunction(roots: DiscoveryRoots, group: number, address
  * a state file that exists but cannot be read or parsed leaves the PE state
  * unknown, which health does not take for healthy.
  */
-export async function readEeh(roots: DiscoveryRoots, group: number, address: string): Promise<{ eeh: EehInfo | null; issues: DiscoveryIssue[] }> {
-  const base = join(iommuGroupsDir(roots), String(group), 'devices', address);
+export async function readEeh(
+  reader: SysfsReader,
+  dirs: ScanDirs,
+  group: number,
+  address: string,
+): Promise<{ eeh: EehInfo | null; issues: DiscoveryIssue[] }> {
+  const base = `${dirs.groups}/${group}/devices/${address}`;
   const statePath = join(base, 'eeh_pe_state');
-  const [stateR, addrR, modeR] = await Promise.all([
-    readAttr(statePath),
-    readAttr(join(base, 'eeh_pe_config_addr')),
-    readAttr(join(base, 'eeh_mode')),
-  ]);
+  const [stateR, addrR, modeR] = (await reader.gather([
+    attrRequest(base, 'eeh_pe_state'),
+    attrRequest(base, 'eeh_pe_config_addr'),
+    attrRequest(base, 'eeh_mode'),
+  ])) as [ReadResult, ReadResult, ReadResult];
   const issues: DiscoveryIssue[] = [];
   const absent = (r: ReadResult): boolean => !r.ok && isEehAbsentCode(r.code);
   if (absent(stateR) && absent(addrR) && absent(modeR)) {

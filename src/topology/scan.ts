@@ -1,8 +1,10 @@
 // Reads IOMMU groups out of sysfs and /dev/vfio under the given roots. Async
-// I/O only, so a node with thousands of groups never blocks the event loop;
-// work is spread over a small pool so libuv's threads stay busy without
-// queueing tens of thousands of requests at once.
-import { lstat, readdir, stat } from 'node:fs/promises';
+// I/O only, so a node with thousands of groups never blocks the event loop:
+// a few groups go through libuv's pool, a full scan of many through a worker
+// thread that answers requests in batches (sysfs-worker.ts). Groups are
+// scanned a bounded number at a time, so neither is flooded with tens of
+// thousands of requests at once.
+import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
@@ -14,17 +16,24 @@ import {
   parseGroupName,
   parseAerFatalTotal,
 } from './parse.js';
-import { readAttr, readLinkAttr } from './sysfs-read.js';
+import { attrRequest, listedNames, listRequest, poolReader, readAttr, readLinkAttr, statRequest, type ReadResult, type SysfsReader } from './sysfs-read.js';
+import { WorkerReader } from './sysfs-worker.js';
 import type { DiscoveryIssue, DiscoveryRoots, EehInfo, IommuGroup, PciFunction, Topology } from './types.js';
-import { readEeh, readFunction } from './scan-function.js';
+import { readEeh, readFunction, scanDirs, type ScanDirs } from './scan-function.js';
 import { errCode, exists, groupDevNodePath, iommuGroupsDir, pciDevicesDir, vfioDevDir } from './sysfs-paths.js';
 
 export { groupDevNodePath, iommuGroupsDir, pciDevicesDir, vfioDevDir } from './sysfs-paths.js';
 
 export interface DiscoverOptions {
   logger?: Logger;
-  /** Groups scanned at once; the default keeps libuv's pool busy without flooding it. */
+  /** Groups scanned at once; the default keeps the reader busy without flooding it. */
   concurrency?: number;
+  /**
+   * Read through a worker thread (true) or libuv's pool (false). Default: the
+   * worker for WORKER_MIN_GROUPS groups or more, where its start-up (some
+   * 40 ms and 10 MiB while it lives) pays for itself.
+   */
+  worker?: boolean;
   /** Ends the scan between groups (shutdown during a long scan); the promise rejects with the reason. */
   signal?: AbortSignal;
 }
@@ -35,7 +44,12 @@ export interface GroupScanResult {
   issues: DiscoveryIssue[];
 }
 
+/** Groups in flight through libuv's pool: keeps its threads busy without queueing thousands of requests. */
 const DEFAULT_CONCURRENCY = 32;
+/** Groups in flight through the worker: enough that each message to it carries hundreds of requests. */
+const WORKER_CONCURRENCY = 128;
+/** Full scans of this many groups or more read through a worker thread. */
+export const WORKER_MIN_GROUPS = 128;
 
 /** Run `fn` over `items` with at most `limit` in flight; results keep the input order. An aborted `signal` stops taking items. */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>, signal?: AbortSignal): Promise<R[]> {
@@ -102,25 +116,24 @@ export function groupProblems(
  * Scan one group. `devNode` may be passed when the caller already listed
  * /dev/vfio (a full scan), saving one stat per group.
  */
-async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boolean): Promise<GroupScanResult> {
-  const groupDir = join(iommuGroupsDir(roots), String(id));
+async function scanGroup(reader: SysfsReader, roots: DiscoveryRoots, dirs: ScanDirs, id: number, devNodeKnown?: boolean): Promise<GroupScanResult> {
+  const groupDir = `${dirs.groups}/${id}`;
   const devNodePath = groupDevNodePath(roots, id);
   const issues: DiscoveryIssue[] = [];
 
-  const [entriesR, nameR, devNode] = await Promise.all([
-    readdir(join(groupDir, 'devices')).then(
-      (names) => ({ ok: true as const, names }),
-      (err: unknown) => ({ ok: false as const, code: errCode(err) }),
-    ),
-    readAttr(join(groupDir, 'name')),
-    devNodeKnown ?? exists(devNodePath),
-  ]);
+  const [entriesR, nameR, devNodeR] = (await reader.gather([
+    listRequest(groupDir, 'devices'),
+    attrRequest(groupDir, 'name'),
+    ...(devNodeKnown === undefined ? [statRequest(devNodePath)] : []),
+  ])) as [ReadResult, ReadResult, ReadResult | undefined];
+  const devNode = devNodeKnown ?? devNodeR?.ok === true;
 
   let entries: string[] = [];
   if (entriesR.ok) {
-    entries = entriesR.names;
+    entries = listedNames(entriesR.text);
   } else {
-    if (!(await exists(groupDir))) {
+    const [groupDirR] = (await reader.gather([statRequest(groupDir)])) as [ReadResult];
+    if (!groupDirR.ok) {
       if (devNode) issues.push({ path: devNodePath, message: `Device node exists but sysfs has no IOMMU group ${id}`, group: id });
       return { group: null, issues };
     }
@@ -140,8 +153,8 @@ async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boole
 
   // EEH describes the PE; read it from the first member alongside the functions.
   const firstAddress = addresses[0];
-  const eehRead = firstAddress === undefined ? Promise.resolve(null) : readEeh(roots, id, firstAddress);
-  const [scans, eehResult] = await Promise.all([Promise.all(addresses.map((a) => readFunction(roots, id, a))), eehRead]);
+  const eehRead = firstAddress === undefined ? Promise.resolve(null) : readEeh(reader, dirs, id, firstAddress);
+  const [scans, eehResult] = await Promise.all([Promise.all(addresses.map((a) => readFunction(reader, dirs, id, a))), eehRead]);
   const functions: PciFunction[] = [];
   scans.forEach((s, i) => {
     issues.push(...s.issues);
@@ -185,7 +198,7 @@ async function scanGroup(roots: DiscoveryRoots, id: number, devNodeKnown?: boole
 
 /** Scan one group only, for incremental rescans. `group` is null when sysfs has no such group. */
 export async function discoverGroup(roots: DiscoveryRoots, id: number): Promise<GroupScanResult> {
-  return scanGroup(roots, id);
+  return scanGroup(poolReader, roots, scanDirs(roots), id);
 }
 
 // ---- the whole node --------------------------------------------------------
@@ -256,12 +269,25 @@ export async function discoverTopology(roots: DiscoveryRoots, options: DiscoverO
   const [listing, dev] = await Promise.all([listGroupIds(roots), listVfioDevNodes(roots)]);
   const issues: DiscoveryIssue[] = [...listing.issues];
   const groups = new Map<number, IommuGroup>();
-  const results = await mapLimit(
-    listing.ids,
-    options.concurrency ?? DEFAULT_CONCURRENCY,
-    (id) => scanGroup(roots, id, dev.groups.has(id)),
-    options.signal,
-  );
+  const dirs = scanDirs(roots);
+  const useWorker = options.worker ?? listing.ids.length >= WORKER_MIN_GROUPS;
+  const reader = useWorker ? new WorkerReader() : null;
+  const onAbort = (): void => reader?.close(options.signal?.reason);
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  let results: GroupScanResult[];
+  try {
+    results = await mapLimit(
+      listing.ids,
+      options.concurrency ?? (reader !== null ? WORKER_CONCURRENCY : DEFAULT_CONCURRENCY),
+      (id) => scanGroup(reader ?? poolReader, roots, dirs, id, dev.groups.has(id)),
+      options.signal,
+    );
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+    reader?.close();
+  }
+  const fellBack = reader?.stats().fellBack;
+  if (fellBack !== undefined) log.warn({ reason: fellBack }, 'Discovery read through libuv\'s pool: the reader thread failed');
   for (const r of results) {
     issues.push(...r.issues);
     if (r.group !== null) groups.set(r.group.id, r.group);
@@ -273,7 +299,7 @@ export async function discoverTopology(roots: DiscoveryRoots, options: DiscoverO
     }
   }
   const durationMs = Math.round(performance.now() - started);
-  log.debug({ groupCount: groups.size, issueCount: issues.length, durationMs }, 'Discovered topology');
+  log.debug({ groupCount: groups.size, issueCount: issues.length, durationMs, readerThread: useWorker }, 'Discovered topology');
   if (issues.length > 0) {
     log.warn({ issueCount: issues.length, firstIssues: issues.slice(0, 5) }, 'Discovery stepped over odd entries');
   }

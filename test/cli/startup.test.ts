@@ -191,6 +191,10 @@ describe('signals during start-up', () => {
     const vendor = await realpath(join(tree, 'sys', 'bus', 'pci', 'devices', '0000:02:00.0', 'vendor'));
     await rm(vendor);
     execFileSync('mkfifo', [vendor]);
+    // The identity is read from uevent first: a FIFO there too, so the scan meets both and falls back to vendor.
+    const uevent = join(vendor, '..', 'uevent');
+    await rm(uevent);
+    execFileSync('mkfifo', [uevent]);
     const args = ['--config', config, '--sysfs-root', tree, '--dev-root', tree, '--device-plugin-dir', pluginDir, '--metrics-port', 'off'];
     // Signalled as soon as the scan starts.
     const early = run(args, { PVDP_LOG_LEVEL: 'debug' });

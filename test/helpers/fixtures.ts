@@ -3,6 +3,7 @@
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
+  setAttribute,
   writeSysfsTree,
   type FunctionSpec,
   type GroupSpec,
@@ -182,9 +183,10 @@ export async function malformedTree(): Promise<MalformedTree> {
   const dev = (a: string): string => join(sys, 'devices', `pci${a.slice(0, 7)}`, a);
   // Broken: the device directory of 0030:03:00.1 is gone, both links dangle.
   await rm(dev('0030:03:00.1'), { recursive: true });
-  await writeFile(join(dev('0030:04:00.0'), 'vendor'), 'not hex\n');
-  await writeFile(join(dev('0030:05:00.0'), 'numa_node'), 'lots\n');
-  await writeFile(join(dev('0030:05:00.0'), 'subsystem_vendor'), '\u0000\u0001\n');
+  // Planted identity garbage: setAttribute drops the uevent file, so the attribute is what discovery reads.
+  await setAttribute(tree.roots, '0030:04:00.0', 'vendor', 'not hex\n');
+  await setAttribute(tree.roots, '0030:05:00.0', 'numa_node', 'lots\n');
+  await setAttribute(tree.roots, '0030:05:00.0', 'subsystem_vendor', '\u0000\u0001\n');
   // A group directory with no devices/ at all.
   await mkdir(join(sys, 'kernel', 'iommu_groups', '6'), { recursive: true });
   await writeFile(join(sys, 'kernel', 'iommu_groups', '6', 'type'), 'unknown\n');
