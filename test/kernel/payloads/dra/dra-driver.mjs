@@ -55,6 +55,7 @@ const { resourceSchema, parseByteSize } = await load('config/schema.js');
 const { capabilitiesOf } = await load('prepare/capabilities.js');
 const { createLogger } = await load('log.js');
 const { DEFAULT_HANDOFF_CONTAINER_DIR } = await load('handoff/service.js');
+const { discoverTopology } = await load('topology/scan.js');
 
 const b = await nativeBinding();
 const memoryBytes = parseByteSize(memorySize);
@@ -607,9 +608,42 @@ async function managedStubRound(tag) {
   );
 }
 
+// Discovery on the real sysfs: the thread pool and the reader thread give the same
+// topology, and the identity read from each function's uevent is what its vendor,
+// device and class files say.
+async function discoveryRound(tag) {
+  const roots = { sysfsRoot: '/', devRoot: '/' };
+  const pool = await discoverTopology(roots, { worker: false });
+  const thread = await discoverTopology(roots, { worker: true });
+  const strip = (t) => JSON.stringify([...t.groups.values()].sort((x, y) => x.id - y.id));
+  report(
+    pool.groups.size > 0 && strip(pool) === strip(thread),
+    tag,
+    'a full scan through the reader thread gives the same groups as through the thread pool',
+    `${pool.groups.size} groups, ${[...pool.groups.values()].reduce((n, g) => n + g.functions.length, 0)} functions`,
+  );
+  const attr = (a, name) => readFileSync(`/sys/bus/pci/devices/${a}/${name}`, 'utf8').trim().replace(/^0x/, '').toLowerCase();
+  const wrong = [];
+  let sample = '';
+  for (const g of pool.groups.values()) {
+    for (const f of g.functions) {
+      const want = `${attr(f.address, 'vendor')}:${attr(f.address, 'device')}:${attr(f.address, 'class')}`;
+      const got = `${f.vendor}:${f.device}:${f.classCode}`;
+      if (want !== got) wrong.push(`${f.address} ${got} (files ${want})`);
+      if (!sample) sample = readFileSync(`/sys/bus/pci/devices/${f.address}/uevent`, 'utf8').trim().split('\n').join(' ');
+    }
+  }
+  report(wrong.length === 0, tag, "every function's vendor, device and class agree with its attribute files", wrong.join('; ') || `uevent of the first: ${sample}`);
+}
+
 let lStart = null;
 let fStart = [];
 try {
+  try {
+    await discoveryRound('discovery');
+  } catch (err) {
+    report(false, 'discovery', 'round ran', `${err.code ?? ''} ${err.stack ?? err.message}`);
+  }
   if (await setup()) {
     lStart = await b.lockedMemoryBytes();
     fStart = vfioFds();
