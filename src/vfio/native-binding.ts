@@ -28,7 +28,20 @@ import {
   type VfioConstants,
 } from './binding.js';
 import { UNEXPECTED_RETURN, VfioError, codeOfErrno, errnoOf, registerErrnoNames } from './errors.js';
-import { checkBytes, checkFd, checkGroupNumber, checkLength, checkString, checkU32, checkU64 } from './validate.js';
+import {
+  checkBytes,
+  checkFd,
+  checkGroupNumber,
+  checkLength,
+  checkString,
+  checkU32,
+  checkU64,
+  dmaMapArgs,
+  dmaUnmapArgs,
+  memoryRegionArgs,
+  tceCreateArgs,
+  tceRemoveArgs,
+} from './validate.js';
 
 /** The addon's raw surface (see native/vfio.cc). */
 export interface NativeAddon {
@@ -253,11 +266,7 @@ export class NativeBinding implements VfioBinding {
   }
 
   private async memoryIoctl(containerFd: number, unregister: boolean, request: MemoryRegionRequest): Promise<void> {
-    checkFd('containerFd', containerFd);
-    const vaddr = checkU64('vaddr', request.vaddr);
-    const size = checkU64('size', request.size);
-    const flags = checkU32('flags', request.flags ?? 0);
-    const argsz = checkU32('argsz', request.argsz ?? 24);
+    const { argsz, flags, vaddr, size } = memoryRegionArgs(containerFd, request);
     await this.call('ioctl', containerFd, () => this.addon.registerMemory(containerFd, unregister, argsz, flags, vaddr, size));
   }
 
@@ -270,39 +279,22 @@ export class NativeBinding implements VfioBinding {
   }
 
   async tceCreate(containerFd: number, request: TceCreateRequest): Promise<bigint> {
-    checkFd('containerFd', containerFd);
-    const pageShift = checkU32('pageShift', request.pageShift);
-    const windowSize = checkU64('windowSize', request.windowSize);
-    const levels = checkU32('levels', request.levels);
-    const flags = checkU32('flags', request.flags ?? 0);
-    const argsz = checkU32('argsz', request.argsz ?? 40);
+    const { argsz, flags, pageShift, windowSize, levels } = tceCreateArgs(containerFd, request);
     return this.call('ioctl', containerFd, () => this.addon.tceCreate(containerFd, argsz, flags, pageShift, windowSize, levels));
   }
 
   async tceRemove(containerFd: number, request: TceRemoveRequest): Promise<void> {
-    checkFd('containerFd', containerFd);
-    const startAddr = checkU64('startAddr', request.startAddr);
-    const flags = checkU32('flags', request.flags ?? 0);
-    const argsz = checkU32('argsz', request.argsz ?? 16);
+    const { argsz, flags, startAddr } = tceRemoveArgs(containerFd, request);
     await this.call('ioctl', containerFd, () => this.addon.tceRemove(containerFd, argsz, flags, startAddr));
   }
 
   async mapDma(containerFd: number, request: DmaMapRequest): Promise<void> {
-    checkFd('containerFd', containerFd);
-    const vaddr = checkU64('vaddr', request.vaddr);
-    const iova = checkU64('iova', request.iova);
-    const size = checkU64('size', request.size);
-    const flags = checkU32('flags', request.flags);
-    const argsz = checkU32('argsz', request.argsz ?? 32);
+    const { argsz, flags, vaddr, iova, size } = dmaMapArgs(containerFd, request);
     await this.call('ioctl', containerFd, () => this.addon.mapDma(containerFd, argsz, flags, vaddr, iova, size));
   }
 
   async unmapDma(containerFd: number, request: DmaUnmapRequest): Promise<void> {
-    checkFd('containerFd', containerFd);
-    const iova = checkU64('iova', request.iova);
-    const size = checkU64('size', request.size);
-    const flags = checkU32('flags', request.flags ?? 0);
-    const argsz = checkU32('argsz', request.argsz ?? 24);
+    const { argsz, flags, iova, size } = dmaUnmapArgs(containerFd, request);
     await this.call('ioctl', containerFd, () => this.addon.unmapDma(containerFd, argsz, flags, iova, size));
   }
 

@@ -1,7 +1,7 @@
 // MAP_DMA and UNMAP_DMA (what each checks, in the kernel's order, and which mistakes are an Oops
 // rather than an errno), and the device side: DMA through the TCEs they wrote.
 import type { DmaMapRequest, DmaUnmapRequest } from '../binding.js';
-import { checkFd, checkU32, checkU64 } from '../validate.js';
+import { dmaMapArgs, dmaUnmapArgs } from '../validate.js';
 import type { SimulatedKernel } from './kernel.js';
 import { tableEnd, type Extent, type Memfd, type Piece, type SimGroup, type Table } from './objects.js';
 import { SIMULATED_CONSTANTS } from './platform.js';
@@ -11,12 +11,7 @@ import { createDefaultWindow } from './tce-windows.js';
 const C = SIMULATED_CONSTANTS;
 
 export function mapDma(p: ProcessCore, containerFd: number, request: DmaMapRequest): void {
-  checkFd('containerFd', containerFd);
-  const vaddr = checkU64('vaddr', request.vaddr);
-  const iova = checkU64('iova', request.iova);
-  const size = checkU64('size', request.size);
-  const flags = checkU32('flags', request.flags);
-  const argsz = checkU32('argsz', request.argsz ?? 32);
+  const { argsz, flags, vaddr, iova, size } = dmaMapArgs(containerFd, request);
   p.ioctl(IOCTL.mapDma, containerFd, () => {
     const d = p.driverOf(containerFd);
     if (!d.enabled) throw 'EPERM';
@@ -72,11 +67,7 @@ export function mapDma(p: ProcessCore, containerFd: number, request: DmaMapReque
 }
 
 export function unmapDma(p: ProcessCore, containerFd: number, request: DmaUnmapRequest): void {
-  checkFd('containerFd', containerFd);
-  const iova = checkU64('iova', request.iova);
-  const size = checkU64('size', request.size);
-  const flags = checkU32('flags', request.flags ?? 0);
-  const argsz = checkU32('argsz', request.argsz ?? 24);
+  const { argsz, flags, iova, size } = dmaUnmapArgs(containerFd, request);
   p.ioctl(IOCTL.unmapDma, containerFd, () => {
     const d = p.driverOf(containerFd);
     if (!d.enabled) throw 'EPERM';

@@ -2,7 +2,7 @@
 // (REGISTER/UNREGISTER_MEMORY, mm_iommu_*), including the leak the kernel keeps when a region is
 // unregistered while still mapped.
 import type { MemoryRegionRequest } from '../binding.js';
-import { checkFd, checkU32, checkU64 } from '../validate.js';
+import { memoryRegionArgs } from '../validate.js';
 import type { SimulatedKernel } from './kernel.js';
 import { ctz, type Mm, type Region, type TceDriver } from './objects.js';
 import { IOCTL, type ProcessCore } from './process-core.js';
@@ -54,11 +54,7 @@ export function preregFree(kernel: SimulatedKernel, driver: TceDriver, r: Region
 }
 
 export function registerMemory(p: ProcessCore, containerFd: number, request: MemoryRegionRequest): void {
-  checkFd('containerFd', containerFd);
-  const vaddr = checkU64('vaddr', request.vaddr);
-  const size = checkU64('size', request.size);
-  const flags = checkU32('flags', request.flags ?? 0);
-  const argsz = checkU32('argsz', request.argsz ?? 24);
+  const { argsz, flags, vaddr, size } = memoryRegionArgs(containerFd, request);
   p.ioctl(IOCTL.registerMemory, containerFd, () => {
     const d = p.driverOf(containerFd);
     if (!d.v2) throw 'ENOTTY';
@@ -92,11 +88,7 @@ export function registerMemory(p: ProcessCore, containerFd: number, request: Mem
 }
 
 export function unregisterMemory(p: ProcessCore, containerFd: number, request: MemoryRegionRequest): void {
-  checkFd('containerFd', containerFd);
-  const vaddr = checkU64('vaddr', request.vaddr);
-  const size = checkU64('size', request.size);
-  const flags = checkU32('flags', request.flags ?? 0);
-  const argsz = checkU32('argsz', request.argsz ?? 24);
+  const { argsz, flags, vaddr, size } = memoryRegionArgs(containerFd, request);
   p.ioctl(IOCTL.unregisterMemory, containerFd, () => {
     const d = p.driverOf(containerFd);
     if (!d.v2) throw 'ENOTTY';

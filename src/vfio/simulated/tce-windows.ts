@@ -2,7 +2,7 @@
 // pending until first use, and v2's TCE_CREATE with its levels) and TCE_REMOVE. The charge for a
 // table goes to locked_vm before the table exists and, on most failures, stays there.
 import { kernelMaxPageOrder, type TceCreateRequest, type TceRemoveRequest } from '../binding.js';
-import { checkFd, checkU32, checkU64 } from '../validate.js';
+import { tceCreateArgs, tceRemoveArgs } from '../validate.js';
 import type { SimulatedKernel } from './kernel.js';
 import { ilog2, isPow2, tableEnd, type Table, type TceDriver } from './objects.js';
 import { DDW_START, IOMMU_PAGE_SHIFT_4K, PSERIES_MAX_TABLE_ORDER, PSERIES_MULTILEVEL_CHARGE } from './platform.js';
@@ -112,12 +112,7 @@ export function createDefaultWindow(kernel: SimulatedKernel, proc: ProcessCore, 
 }
 
 export function tceCreate(p: ProcessCore, containerFd: number, request: TceCreateRequest): bigint {
-  checkFd('containerFd', containerFd);
-  const pageShift = checkU32('pageShift', request.pageShift);
-  const windowSize = checkU64('windowSize', request.windowSize);
-  const levels = checkU32('levels', request.levels);
-  const flags = checkU32('flags', request.flags ?? 0);
-  const argsz = checkU32('argsz', request.argsz ?? 40);
+  const { argsz, flags, pageShift, windowSize, levels } = tceCreateArgs(containerFd, request);
   return p.ioctl(IOCTL.tceCreate, containerFd, () => {
     const d = p.driverOf(containerFd);
     if (!d.v2) throw 'ENOTTY';
@@ -131,10 +126,7 @@ export function tceCreate(p: ProcessCore, containerFd: number, request: TceCreat
 }
 
 export function tceRemove(p: ProcessCore, containerFd: number, request: TceRemoveRequest): void {
-  checkFd('containerFd', containerFd);
-  const startAddr = checkU64('startAddr', request.startAddr);
-  const flags = checkU32('flags', request.flags ?? 0);
-  const argsz = checkU32('argsz', request.argsz ?? 16);
+  const { argsz, flags, startAddr } = tceRemoveArgs(containerFd, request);
   p.ioctl(IOCTL.tceRemove, containerFd, () => {
     const d = p.driverOf(containerFd);
     if (!d.v2) throw 'ENOTTY';
