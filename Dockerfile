@@ -30,7 +30,7 @@ COPY . .
 RUN --mount=type=cache,target=/root/.npm npm ci --no-audit --no-fund
 RUN npm run build
 # Fail the image build, not the pod, when the addon did not build for this platform.
-RUN node -e "require('./build/Release/vfio_native.node'); require('./build/Release/vfio_uevent.node')"
+RUN node -e "require('./build/Release/vfio_native.node'); require('./build/Release/vfio_uevent.node'); require('./build/Release/c_heap.node')"
 RUN npm prune --omit=dev --no-audit --no-fund
 # What the runtime needs, laid out as the package: package.json, dist/ (bin
 # power-vfio-device-plugin = dist/cli/entry.js, and the workload client's bin),
@@ -57,6 +57,10 @@ COPY --from=build /out /app
 # image (for example from an init container) or run from it.
 RUN node -e "const p=require('/app/package.json');const fs=require('fs');for(const[n,f]of Object.entries(typeof p.bin==='string'?{[p.name]:p.bin}:p.bin||{})){fs.chmodSync('/app/'+f,0o755);fs.symlinkSync('/app/'+f,'/usr/local/bin/'+n)}"
 ENV NODE_ENV=production
+# Two malloc arenas instead of one per thread that ever contended (libuv's
+# pool, V8's helpers): measured idle at 1024 groups, 5-6 MiB less resident
+# with no change in scan time. Read by glibc at start, so it is set here.
+ENV MALLOC_ARENA_MAX=2
 # Root, on purpose: the plugin opens /dev/vfio/* (root's, mode 0600 on the
 # host), creates sockets in the kubelet's root-owned device-plugins directory
 # and connects to its PodResources socket. The chart runs it privileged for

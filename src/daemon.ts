@@ -26,6 +26,7 @@ import type { HandoffService } from './handoff/service.js';
 import { PluginError } from './errors.js';
 import { GroupBinder, type SysfsWriter } from './binding/index.js';
 import { EventReason } from './report/node-report.js';
+import { CHeapTrimmer, type CHeapTrimmerOptions } from './c-heap.js';
 
 export interface DaemonDeps {
   logger: Logger;
@@ -49,6 +50,8 @@ export interface DaemonDeps {
   extendAllocation?: (resource: ResourceConfig, containers: IommuGroup[][]) => Promise<AllocationExtra[]>;
   /** The DRA front end's ways to the API server (settings.kubeletApi dra). */
   dra?: DraDeps;
+  /** Trimming the C heap after discovery and after later scans (default: on, every 30 s at most); null: off. */
+  cHeap?: Pick<CHeapTrimmerOptions, 'intervalMs' | 'addon'> | null;
 }
 
 export interface DraDeps {
@@ -94,6 +97,7 @@ export class Daemon {
   private recoveryTimer: NodeJS.Timeout | null = null;
   private readonly notices: SelectionNotices;
   private handoffStarting: Promise<void> | null = null;
+  private readonly cHeap: CHeapTrimmer | null;
   /** The first discovery finished (readiness). */
   discovered = false;
   private stopping = false;
@@ -117,6 +121,18 @@ export class Daemon {
     });
     this.metrics = deps.metrics;
     this.reporter = deps.reporter;
+    // Scans free much of what they malloc'd (sysfs reads); glibc keeps it unless asked.
+    this.cHeap =
+      deps.cHeap === null
+        ? null
+        : new CHeapTrimmer({
+            logger: deps.logger.child({ room: 'c-heap' }),
+            workSince: () => {
+              const s = this.watcher.stats();
+              return s.fullScans + s.polls + s.groupRescans;
+            },
+            ...deps.cHeap,
+          });
     const health = deps.health ?? new HealthTracker({ logger: deps.logger.child({ room: 'health' }) });
     this.health = health;
     this.handoff = deps.handoff ?? null;
@@ -267,6 +283,8 @@ export class Daemon {
     this.logTopology(topology);
     this.discovered = true;
     this.apply(topology);
+    // Now, not after the front end starts: that may wait for the kubelet as long as it is down.
+    this.cHeap?.start();
     this.handoffStarting = this.handoff?.start() ?? null;
     await this.handoffStarting;
     if (this.stopping) return topology;
@@ -300,6 +318,7 @@ export class Daemon {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    this.cHeap?.stop();
     if (this.recoveryTimer) clearTimeout(this.recoveryTimer);
     this.recoveryTimer = null;
     await this.watcher.stop();

@@ -13,6 +13,7 @@ import { Lifecycle, describeStartupFailure, probeListenProblem, type NamedPath }
 import { checkDevicePluginDir } from './startup-checks.js';
 import { Daemon, type DraDeps } from '../daemon.js';
 import { routeGrpcLogs } from './grpc-logging.js';
+import { YOUNG_GENERATION_ENV, youngGenerationCapped } from './young-generation.js';
 import { buildPreparer } from '../prepare/setup.js';
 import { createMetrics } from '../report/metrics.js';
 import type { NodeReporter } from '../report/node-reporter.js';
@@ -288,6 +289,7 @@ export async function main(argv: readonly string[], life = new Lifecycle(process
     namedPaths = pathsOf(settings, cli.sources);
     logger = createLogger({ level: settings.logLevel });
     routeGrpcLogs(logger);
+    logger.debug({ capped: youngGenerationCapped(), variable: YOUNG_GENERATION_ENV }, 'V8 young generation');
     return await runDaemon(settings, logger, life, cli.sources, simulatedRoot);
   } catch (err) {
     const failures = await life.cleanup();
