@@ -15,8 +15,8 @@ import type { Logger } from './log.js';
 
 /** The addon's surface (native/c-heap.cc). */
 export interface CHeapAddon {
-  /** malloc_trim(0): true when glibc returned memory to the kernel; false elsewhere. */
-  trim(): boolean;
+  /** malloc_trim(0) on libuv's pool: true when glibc returned memory to the kernel; false elsewhere. */
+  trim(): Promise<boolean>;
   /** Whether trim() can do anything with this C library (glibc). */
   supported: boolean;
 }
@@ -71,6 +71,8 @@ export class CHeapTrimmer {
   #timer: NodeJS.Timeout | null = null;
   #settleTimer: NodeJS.Timeout | null = null;
   #lastWork = -1;
+  /** A trim on its way: the next one waits for its turn instead of queueing behind it. */
+  #trimming = false;
 
   constructor(options: CHeapTrimmerOptions) {
     this.#log = options.logger;
@@ -94,10 +96,10 @@ export class CHeapTrimmer {
   start(): void {
     if (!this.active) return;
     this.stop();
-    this.trimNow();
+    void this.trimNow();
     this.#settleTimer = setTimeout(() => {
       this.#settleTimer = null;
-      this.trimNow();
+      void this.trimNow();
     }, this.#settleMs);
     this.#settleTimer.unref();
     this.#timer = setInterval(() => this.#tick(), this.#intervalMs);
@@ -111,19 +113,25 @@ export class CHeapTrimmer {
     this.#settleTimer = null;
   }
 
-  /** One malloc_trim(0), timed and logged at debug level; null when trimming is off. */
-  trimNow(): TrimResult | null {
+  /**
+   * One malloc_trim(0) off the event loop, timed and logged at debug level;
+   * null when trimming is off, a trim is already on its way, or it failed.
+   */
+  async trimNow(): Promise<TrimResult | null> {
     const addon = this.#addon;
-    if (addon === null || !addon.supported) return null;
+    if (addon === null || !addon.supported || this.#trimming) return null;
+    this.#trimming = true;
     this.#lastWork = this.#workSince?.() ?? -1;
     const rssBefore = process.memoryUsage.rss();
     const started = process.hrtime.bigint();
     let released: boolean;
     try {
-      released = addon.trim();
+      released = await addon.trim();
     } catch (err) {
       this.#log.debug({ err }, 'Trimming the C heap failed');
       return null;
+    } finally {
+      this.#trimming = false;
     }
     const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
     const result: TrimResult = {
@@ -138,7 +146,7 @@ export class CHeapTrimmer {
 
   #tick(): void {
     if (this.#workSince !== undefined && this.#workSince() === this.#lastWork) return;
-    this.trimNow();
+    void this.trimNow();
   }
 }
 

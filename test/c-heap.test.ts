@@ -23,7 +23,7 @@ function fakeAddon(supported = true): CHeapAddon & { calls: number } {
     supported,
     trim() {
       addon.calls++;
-      return true;
+      return Promise.resolve(true);
     },
   };
   return addon;
@@ -34,7 +34,7 @@ afterEach(() => {
 });
 
 describe('CHeapTrimmer', () => {
-  it('trims at start and once start-up has settled, then once per interval only when work was done since the last trim', () => {
+  it('trims at start and once start-up has settled, then once per interval only when work was done since the last trim', async () => {
     vi.useFakeTimers();
     const addon = fakeAddon();
     let work = 0;
@@ -42,20 +42,21 @@ describe('CHeapTrimmer', () => {
     const trimmer = new CHeapTrimmer({ logger, addon, intervalMs: 30_000, settleMs: 15_000, workSince: () => work });
     trimmer.start();
     expect(addon.calls).toBe(1);
-    vi.advanceTimersByTime(15_000);
+    await vi.advanceTimersByTimeAsync(0);
+    await vi.advanceTimersByTimeAsync(15_000);
     expect(addon.calls).toBe(2);
-    vi.advanceTimersByTime(15_000);
+    await vi.advanceTimersByTimeAsync(15_000);
     expect(addon.calls).toBe(2);
     work += 3;
-    vi.advanceTimersByTime(29_999);
+    await vi.advanceTimersByTimeAsync(29_999);
     expect(addon.calls).toBe(2);
-    vi.advanceTimersByTime(1);
+    await vi.advanceTimersByTimeAsync(1);
     expect(addon.calls).toBe(3);
-    vi.advanceTimersByTime(60_000);
+    await vi.advanceTimersByTimeAsync(60_000);
     expect(addon.calls).toBe(3);
     trimmer.stop();
     work++;
-    vi.advanceTimersByTime(120_000);
+    await vi.advanceTimersByTimeAsync(120_000);
     expect(addon.calls).toBe(3);
     const trims = lines.filter((l) => l.msg === 'Trimmed the C heap');
     expect(trims).toHaveLength(3);
@@ -63,13 +64,13 @@ describe('CHeapTrimmer', () => {
     expect(typeof trims[0]?.['durationMs']).toBe('number');
   });
 
-  it('does nothing without the addon or without glibc', () => {
+  it('does nothing without the addon or without glibc', async () => {
     vi.useFakeTimers();
     const { logger } = capture();
     const off = new CHeapTrimmer({ logger, addon: null });
     off.start();
     expect(off.active).toBe(false);
-    expect(off.trimNow()).toBeNull();
+    expect(await off.trimNow()).toBeNull();
     const musl = fakeAddon(false);
     const elsewhere = new CHeapTrimmer({ logger, addon: musl });
     elsewhere.start();
@@ -90,19 +91,25 @@ describe('CHeapTrimmer', () => {
     timeout.mockRestore();
   });
 
-  it('a failing trim is logged at debug level and not thrown', () => {
+  it('a failing trim is logged at debug level and not thrown; one trim at a time', async () => {
     const { logger, lines } = capture();
     const trimmer = new CHeapTrimmer({
       logger,
       addon: {
         supported: true,
-        trim: () => {
-          throw new Error('boom');
-        },
+        trim: () => Promise.reject(new Error('boom')),
       },
     });
-    expect(trimmer.trimNow()).toBeNull();
+    expect(await trimmer.trimNow()).toBeNull();
     expect(lines.find((l) => l.msg === 'Trimming the C heap failed')).toMatchObject({ level: 'debug' });
+    let finish: (released: boolean) => void = () => undefined;
+    const slow = { calls: 0, supported: true, trim: () => (slow.calls++, new Promise<boolean>((r) => (finish = r))) };
+    const one = new CHeapTrimmer({ logger, addon: slow });
+    const first = one.trimNow();
+    expect(await one.trimNow()).toBeNull();
+    finish(true);
+    expect(await first).toMatchObject({ released: true });
+    expect(slow.calls).toBe(1);
   });
 });
 
@@ -116,12 +123,14 @@ const built = (() => {
 if (!built) console.warn('SKIP the real C heap addon: it is not built (run `npm ci` or `npm run build:native`)');
 
 describe.skipIf(!built)('the c_heap addon', () => {
-  it('runs malloc_trim(0) on glibc and says whether memory went back', () => {
+  it('runs malloc_trim(0) on glibc off the event loop and says whether memory went back', async () => {
     const addon = built!;
     expect(typeof addon.supported).toBe('boolean');
-    expect(typeof addon.trim()).toBe('boolean');
+    const pending = addon.trim();
+    expect(pending).toBeInstanceOf(Promise);
+    expect(typeof (await pending)).toBe('boolean');
     const { logger, lines } = capture();
-    const result = new CHeapTrimmer({ logger, addon }).trimNow();
+    const result = await new CHeapTrimmer({ logger, addon }).trimNow();
     if (addon.supported) {
       expect(result?.durationMs).toBeGreaterThanOrEqual(0);
       expect(lines.some((l) => l.msg === 'Trimmed the C heap')).toBe(true);
