@@ -1,6 +1,8 @@
 // The messages between the benchmark process and the daemon in its own process
 // (lib/child.ts on one side, lib/daemon-child.ts on the other).
 
+import type { ProcessSample } from './process-sample.js';
+
 export interface ChildArgs {
   sysfsRoot: string;
   devRoot: string;
@@ -18,16 +20,7 @@ export type ChildRequest =
   | { id: number; cmd: 'stop' }
   | { id: number; cmd: 'uevent'; message: string };
 
-export interface ChildSample {
-  rss: number;
-  heapUsed: number;
-  heapTotal: number;
-  external: number;
-  arrayBuffers: number;
-  /** process.resourceUsage(), microseconds. */
-  userCpuUs: number;
-  systemCpuUs: number;
-  maxRssKiB: number;
+export interface ChildSample extends ProcessSample {
   registrations: number;
 }
 

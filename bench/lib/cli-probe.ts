@@ -4,31 +4,12 @@
 // Small on purpose: what it loads is counted in the figures it sends.
 import { writeHeapSnapshot } from 'node:v8';
 import type { CliProbeReply, CliProbeRequest } from './cli-probe-protocol.js';
+import { collectGarbage, processSample } from './process-sample.js';
 
 function answer(req: CliProbeRequest): CliProbeReply {
   if (req.cmd === 'heap') return { id: req.id, ok: true, path: writeHeapSnapshot(req.path) };
-  if (req.gc) {
-    const gc = (globalThis as { gc?: () => void }).gc;
-    if (!gc) throw new Error('run the child with --expose-gc');
-    gc();
-    gc();
-  }
-  const m = process.memoryUsage();
-  const r = process.resourceUsage();
-  return {
-    id: req.id,
-    ok: true,
-    sample: {
-      rss: m.rss,
-      heapUsed: m.heapUsed,
-      heapTotal: m.heapTotal,
-      external: m.external,
-      arrayBuffers: m.arrayBuffers,
-      userCpuUs: r.userCPUTime,
-      systemCpuUs: r.systemCPUTime,
-      maxRssKiB: r.maxRSS,
-    },
-  };
+  if (req.gc) collectGarbage();
+  return { id: req.id, ok: true, sample: processSample() };
 }
 
 if (process.send) {

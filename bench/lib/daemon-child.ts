@@ -7,31 +7,16 @@
 import type { Daemon } from '../../src/daemon.js';
 import { createDaemon, benchSettings } from './bench-daemon.js';
 import type { ChildArgs, ChildReply, ChildRequest, ChildSample } from './child-protocol.js';
+import { collectGarbage, processSample } from './process-sample.js';
 import { FakeUeventSource } from '../../src/topology/uevents.js';
 
 const args = JSON.parse(process.argv[2] ?? '{}') as ChildArgs;
 let daemon: Daemon | null = null;
 const uevents = args.fakeUevents ? new FakeUeventSource() : null;
 
-function gc(): void {
-  const g = (globalThis as { gc?: () => void }).gc;
-  if (!g) throw new Error('run the child with --expose-gc');
-  g();
-  g();
-}
-
 function sample(): ChildSample {
-  const m = process.memoryUsage();
-  const r = process.resourceUsage();
   return {
-    rss: m.rss,
-    heapUsed: m.heapUsed,
-    heapTotal: m.heapTotal,
-    external: m.external,
-    arrayBuffers: m.arrayBuffers,
-    userCpuUs: r.userCPUTime,
-    systemCpuUs: r.systemCPUTime,
-    maxRssKiB: r.maxRSS,
+    ...processSample(),
     registrations: daemon?.manager?.registrations('ibm.com/cx5') ?? 0,
   };
 }
@@ -45,7 +30,7 @@ async function handle(req: ChildRequest): Promise<ChildReply> {
       return { id: req.id, ok: true };
     }
     case 'sample':
-      if (req.gc) gc();
+      if (req.gc) collectGarbage();
       return { id: req.id, ok: true, sample: sample() };
     case 'uevent':
       // "\0"-separated, as the kernel's datagram.
