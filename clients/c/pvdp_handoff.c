@@ -431,6 +431,7 @@ static void sleep_ms(int ms) {
 int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen) {
     struct sockaddr_un addr;
     long long deadline;
+    char busy[512] = ""; /* the last BUSY answer, for a retry the deadline cuts short */
     if (!out) return fail(err, errlen, "PVDP_HANDOFF_USAGE: out is NULL");
     reset(out);
     if (!socket_path || !*socket_path) return fail(err, errlen, "PVDP_HANDOFF_NO_SOCKET: no socket path (is PVDP_HANDOFF_SOCKET set?)");
@@ -441,7 +442,13 @@ int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_hand
         long long left = deadline - now_ms();
         int rc, wait;
         rc = claim_once(socket_path, left > 0 ? (int)left : 1, out, err, errlen);
+        if (rc < 0 && busy[0] && err && strncmp(err, "PVDP_HANDOFF_TIMEOUT:", 21) == 0) {
+            /* The deadline cut a retry short: the crowd that answered BUSY is most likely still there. */
+            snprintf(err, errlen, "%s (still busy after %d attempts within %d ms; one more had no answer by the deadline)", busy, attempt, timeout_ms);
+            return -1;
+        }
         if (rc <= 0) return rc;
+        if (err && errlen > 0) snprintf(busy, sizeof busy, "%s", err);
         wait = busy_backoff_ms(attempt);
         if (now_ms() + wait >= deadline) {
             /* Still busy at the deadline: the plugin's BUSY line stays in err. */

@@ -75,8 +75,9 @@ struct pvdp_handoff {
  * error code, such as PVDP_HANDOFF_ALREADY_CLAIMED, or a local one); on failure
  * no fd is left open. A PVDP_HANDOFF_BUSY answer (a crowd at the socket) is
  * retried with jittered backoff; timeout_ms bounds the whole claim, retries
- * included; with PVDP_HANDOFF_DEBUG set in the environment each wait is noted
- * on stderr.
+ * included, and a claim still refused (or whose last retry the deadline cut
+ * short) ends with PVDP_HANDOFF_BUSY; with PVDP_HANDOFF_DEBUG set in the
+ * environment each wait is noted on stderr.
  */
 int pvdp_handoff_claim(const char *socket_path, int timeout_ms, struct pvdp_handoff *out, char *err, size_t errlen);
 

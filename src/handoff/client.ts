@@ -81,6 +81,7 @@ export async function claim(socketPath: string, options: ClaimOptions = {}): Pro
   const deadline = Date.now() + timeoutMs;
   const transport = options.transport ?? (await defaultTransport());
   const protocol = options.protocol ?? HANDOFF_PROTOCOL_VERSION;
+  let lastBusy: HandoffClaimError | null = null;
   for (let attempt = 0; ; attempt++) {
     try {
       const channel = await transport.connect(socketPath, Math.max(1, deadline - Date.now()));
@@ -90,7 +91,12 @@ export async function claim(socketPath: string, options: ClaimOptions = {}): Pro
         await channel.close();
       }
     } catch (err) {
+      if (lastBusy && err instanceof HandoffClaimError && err.code === 'PVDP_HANDOFF_TIMEOUT') {
+        // The deadline cut a retry short: the crowd that answered BUSY is most likely still there.
+        throw new HandoffClaimError(BUSY, `${lastBusy.message} (still busy after ${attempt} attempts within ${timeoutMs} ms; one more had no answer by the deadline)`, { cause: err });
+      }
       if (!(err instanceof HandoffClaimError) || err.code !== BUSY) throw err;
+      lastBusy = err;
       const wait = busyBackoffMs(attempt, options.backoff);
       if (Date.now() + wait >= deadline) {
         throw new HandoffClaimError(BUSY, `${err.message} (still busy after ${attempt + 1} attempts within ${timeoutMs} ms)`, { cause: err });

@@ -90,8 +90,9 @@ beforeEach(async () => {
 
 afterEach(async () => {
   releaseHeld();
-  await manager.stop();
-  for (const o of state.observers) await native.munmap(o, MiB);
+  // Not every test starts a manager.
+  await manager?.stop();
+  for (const o of state?.observers.splice(0) ?? []) await native.munmap(o, MiB);
   await removeDir(dir);
 });
 
@@ -154,6 +155,31 @@ describe('BUSY reaches the client as the coded error', () => {
     expect(waits).toBeGreaterThanOrEqual(1);
     // Every refused attempt's socket was closed.
     expect(await openFdCount()).toBeLessThanOrEqual(before);
+  });
+
+  it('a retry that the deadline cuts short after a BUSY answer ends as PVDP_HANDOFF_BUSY, not as a timeout', async () => {
+    const path = join(dir, 'busy-then-silent.sock');
+    const held: net.Socket[] = [];
+    let connections = 0;
+    const server = net.createServer((s) => {
+      connections += 1;
+      held.push(s);
+      // The first attempt is told BUSY; every retry is accepted and never answered.
+      if (connections === 1) s.end('{"protocol":1,"result":"error","error":{"code":"PVDP_HANDOFF_BUSY","message":"Too many connections"}}\n');
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      const err = await claim(path, { timeoutMs: 300, backoff: { initialMs: 5, maxMs: 10 } }).catch((e: unknown) => e);
+      expect(err).toMatchObject({
+        code: 'PVDP_HANDOFF_BUSY',
+        message: 'Too many connections (still busy after 1 attempts within 300 ms; one more had no answer by the deadline)',
+        cause: expect.objectContaining({ code: 'PVDP_HANDOFF_TIMEOUT' }),
+      });
+      expect(connections).toBe(2);
+    } finally {
+      for (const s of held) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 
   it('a flood of connections past the transport cap is answered BUSY too, and a real claim gets through once it thins', async () => {

@@ -12,6 +12,7 @@ import { HandoffManager, type HandoffSource } from '../../src/handoff/manager.js
 import { unixTransport } from '../../src/handoff/transport.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { eduGroups, handoffResource, MiB, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
+import { waitFor } from '../helpers/fixtures.js';
 
 const CLIENT_DIR = join(import.meta.dirname, '..', '..', 'clients', 'c');
 const hasCc = ['/usr/bin/cc', '/usr/local/bin/cc'].some((p) => existsSync(p));
@@ -189,7 +190,7 @@ describe.skipIf(!hasCc)('C client', () => {
     manager = new HandoffManager({ hostDir: join(dir, 'h2'), containerDir: '/run/h', transport: unixTransport(native), source: realFdSource(native, dir).source, claimTimeoutMs: 10 });
     await manager.start();
     const socket2 = await prepared();
-    await new Promise((r) => setTimeout(r, 50));
+    await waitFor(() => manager.status()[0]?.state === 'released', { what: 'the release after the claim timeout' });
     await manager.idle();
     expect((await run([socket2])).stderr).toMatch(/^claim failed: PVDP_HANDOFF_RELEASED: /);
   });
@@ -238,6 +239,35 @@ describe.skipIf(!hasCc)('C client', () => {
       await new Promise<void>((r) => server.close(() => r()));
     }
   }
+
+  it('a retry that the deadline cuts short after a BUSY answer ends as BUSY, not as a timeout', async () => {
+    const path = join(dir, 'busy-then-silent.sock');
+    const held: net.Socket[] = [];
+    let connections = 0;
+    const server = net.createServer((s) => {
+      connections += 1;
+      held.push(s);
+      // The first attempt is told BUSY; every retry is accepted and never answered.
+      if (connections === 1) s.end('{"protocol":1,"result":"error","error":{"code":"PVDP_HANDOFF_BUSY","message":"Too many connections"}}\n');
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(asanExample ?? example, [path], { env: { ...process.env, ASAN_OPTIONS: 'detect_leaks=1', PVDP_HANDOFF_TIMEOUT_MS: '300' } });
+        running.add(child);
+        let stderr = '';
+        child.stderr.on('data', (d) => (stderr += d.toString()));
+        child.on('close', (code) => resolve({ code, stderr }));
+      });
+      expect(r.stderr).not.toMatch(/Sanitizer|runtime error/);
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toMatch(/^claim failed: PVDP_HANDOFF_BUSY: Too many connections \(still busy after 1 attempts within 300 ms; one more had no answer by the deadline\)$/m);
+      expect(connections).toBe(2);
+    } finally {
+      for (const s of held) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
 
   const description = (window: { start: string; size: string }, iommu = '"type":"spapr-tce-v2","value":7') =>
     `{"protocol":1,"result":"claimed","description":{"protocol":1,"iommu":{${iommu}},"window":{"start":"${window.start}","size":"${window.size}","pageShift":16,"pageSize":"0x10000","created":true},` +

@@ -9,6 +9,7 @@ import { claim, HandoffClaimError } from '../../src/handoff/client.js';
 import { HANDOFF_SOCKET_NAME, parseHex } from '../../src/handoff/protocol.js';
 import type { SimulatedProcess } from '../../src/vfio/simulated-kernel.js';
 import { eduGroups, handoffResource, MiB, removeDir, simNode, tempDir, type SimNode } from './support.js';
+import { waitFor } from '../helpers/fixtures.js';
 
 let dir: string;
 let node: SimNode;
@@ -172,8 +173,7 @@ describe('handoff on the simulated kernel', () => {
     const { fds } = await claim(socketOf(node), { transport: network.claimTransport(pod) });
     expect(fds.groups).toHaveLength(1);
     pod.exit();
-    await new Promise((r) => setTimeout(r, 20));
-    expect(plugin.openFds()).toEqual([]);
+    await waitFor(() => plugin.openFds().length === 0, { what: 'the plugin to close every fd of the connections' });
   });
 
   it('many connections at once: the excess is told BUSY, nothing leaks, and the real claim still works', async () => {
@@ -195,8 +195,7 @@ describe('handoff on the simulated kernel', () => {
     }));
     for (const a of answers) expect(a).toContain('PVDP_HANDOFF_BUSY');
     for (const c of idle) await c.close();
-    await new Promise((r) => setTimeout(r, 30));
-    expect(plugin.openFds().length).toBe(baseline);
+    await waitFor(() => plugin.openFds().length === baseline, { what: `the plugin's fd count back at ${baseline}` });
     const claimer = kernel.spawnProcess();
     await claim(socketOf(node), { transport: network.claimTransport(claimer) });
     claimer.exit();
@@ -210,7 +209,7 @@ describe('handoff on the simulated kernel', () => {
     const { kernel, manager, network, plugin } = node;
     await manager.allocate(resource, [g4!]);
     await manager.preStart(resource, [g4!]);
-    await new Promise((r) => setTimeout(r, 80));
+    await waitFor(() => manager.status()[0]?.state === 'released', { what: 'the release after the claim timeout' });
     await manager.idle();
     expect(manager.status()[0]).toMatchObject({ state: 'released' });
     expect(plugin.openFds()).toEqual([]);
@@ -271,7 +270,7 @@ describe('handoff on the simulated kernel', () => {
   it('PodResources: a group set no pod holds is released and its directories removed; held ones stay', async () => {
     await node.manager.stop();
     // PodResources never removes a preparation inside its claim window: a short one here.
-    node = simNode(dir, { podResourcesGraceMs: 0, claimTimeoutMs: 30 });
+    node = simNode(dir, { podResourcesGraceMs: 0, claimTimeoutMs: 300 });
     await node.manager.start();
     const { manager, plugin } = node;
     const g5 = eduGroups()[1]!;
@@ -283,7 +282,7 @@ describe('handoff on the simulated kernel', () => {
     // Within the claim window nothing goes, held or not.
     await manager.reconcile({ ...held(['5']), takenAtMs: Date.now() });
     expect(manager.status().map((s) => s.state)).toEqual(['ready', 'ready']);
-    await new Promise((r) => setTimeout(r, 60));
+    await waitFor(() => manager.status().every((s) => s.state === 'released'), { what: 'both claim windows to pass' });
     await manager.idle();
     await manager.reconcile(held(['5']));
     expect(manager.status().map((s) => [s.groups, s.state])).toEqual([[[5], 'released']]);

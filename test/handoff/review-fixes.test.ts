@@ -1,7 +1,7 @@
 // Findings of the handoff review, one test each (see the names): what a pod can
 // do to its mount, overlapping group sets, races between Allocate, reconcile,
 // claims and the claim timer, listen failures, floods, and PodResources gaps.
-import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import { Writable } from 'node:stream';
@@ -16,6 +16,7 @@ import { PodResourcesPoller } from '../../src/kubelet/pod-resources.js';
 import { createLogger, silentLogger } from '../../src/log.js';
 import { createNativeBinding } from '../../src/vfio/native-binding.js';
 import { eduGroups, handoffResource, removeDir, simNode, tempDir, type SimNode } from './support.js';
+import { waitFor } from '../helpers/fixtures.js';
 
 const resource = handoffResource();
 const [g4, g5] = eduGroups() as [ReturnType<typeof eduGroups>[number], ReturnType<typeof eduGroups>[number]];
@@ -43,6 +44,9 @@ interface FakeConnectionScript {
 class FakeConnection implements HandoffConnection {
   sent: string[] = [];
   closed = false;
+  private markClosed!: () => void;
+  /** Settles when the endpoint closes the connection, which it does last, once it handled it. */
+  readonly whenClosed = new Promise<void>((r) => (this.markClosed = r));
   constructor(private readonly script: FakeConnectionScript = {}) {}
   async readRequest(): Promise<Buffer> {
     return encodeClaimRequest().subarray(0, -1);
@@ -53,6 +57,7 @@ class FakeConnection implements HandoffConnection {
   }
   async close(): Promise<void> {
     this.closed = true;
+    this.markClosed();
   }
 }
 
@@ -76,12 +81,12 @@ class FakeTransport implements HandoffTransport {
       },
     };
   }
-  /** Delivers a connection to the socket; resolves once the endpoint handled it. */
-  async connect(socketPath: string, connection: FakeConnection, settle = 20): Promise<void> {
+  /** Delivers a connection to the socket; resolves once the endpoint handled it and closed the connection. */
+  async connect(socketPath: string, connection: FakeConnection): Promise<void> {
     const on = this.open.get(socketPath);
     if (!on) throw new Error(`nothing listens on ${socketPath}`);
     on(connection);
-    await sleep(settle);
+    await within(5000, connection.whenClosed, `the connection to ${socketPath}`);
   }
 }
 
@@ -229,7 +234,7 @@ describe('5: a claim whose send fails', () => {
     await manager.preStart(resource, [g4]);
     // The send takes past the claim timeout, then fails with nothing sent.
     const failing = new FakeConnection({ send: () => sleep(80).then(() => Promise.reject(new Error('EPIPE'))) });
-    await transport.connect(socketOf(extra), failing, 150);
+    await transport.connect(socketOf(extra), failing);
     await manager.idle();
     expect(manager.status()[0]).toMatchObject({ state: 'released' });
     expect(counts.released).toBe(1);
@@ -237,13 +242,13 @@ describe('5: a claim whose send fails', () => {
   });
 
   it('a failed send re-arms the timer when it already fired', async () => {
-    const { manager, transport, counts } = fakeManager({ claimTimeoutMs: 40 });
+    const { manager, transport, counts } = fakeManager({ claimTimeoutMs: 300 });
     await manager.start();
     const extra = await manager.allocate(resource, [g4]);
     await manager.preStart(resource, [g4]);
-    await transport.connect(socketOf(extra), new FakeConnection({ send: () => Promise.reject(new Error('EPIPE')) }), 5);
+    await transport.connect(socketOf(extra), new FakeConnection({ send: () => Promise.reject(new Error('EPIPE')) }));
     expect(manager.status()[0]).toMatchObject({ state: 'ready' });
-    await sleep(100);
+    await waitFor(() => manager.status()[0]?.state === 'released', { what: 'the release after the claim timeout' });
     await manager.idle();
     expect(manager.status()[0]).toMatchObject({ state: 'released' });
     expect(counts.released).toBe(1);
@@ -298,7 +303,7 @@ describe('6, 13: serving the sockets', () => {
     let open!: () => void;
     transport.gates.set(socketOf(second), new Promise<void>((r) => (open = r)));
     const starting = manager.preStart(resource, [g4]);
-    for (let i = 0; i < 100 && !transport.open.has(socketOf(first)); i++) await sleep(2);
+    await waitFor(() => transport.open.has(socketOf(first)), { what: 'the first socket served' });
     const c = new FakeConnection();
     await transport.connect(socketOf(first), c);
     expect(c.sent[0]).toMatch(/"result":"claimed"/);
@@ -324,7 +329,7 @@ describe('12: connection floods', () => {
         s.on('error', reject);
       });
     const held = [await connect(false), await connect(false)];
-    for (let i = 0; i < 100 && endpoint.activeConnections < 2; i++) await sleep(2);
+    await waitFor(() => endpoint.activeConnections >= 2, { what: 'two connections served' });
     // A refused client that keeps its side open must not keep the plugin waiting.
     const busy = await connect(true);
     const text = await new Promise<string>((resolve) => {
@@ -336,7 +341,8 @@ describe('12: connection floods', () => {
     for (const s of held) s.destroy();
     const started = Date.now();
     await endpoint.drain();
-    expect(Date.now() - started).toBeLessThan(500);
+    // The request timeout is 5 s: a drain well inside it did not wait for the refused client.
+    expect(Date.now() - started).toBeLessThan(2500);
     busy.destroy();
     await endpoint.close();
   });
@@ -356,11 +362,16 @@ describe('11: PodResources gaps', () => {
       intervalMs: 10,
       logger,
     });
-    poller.start();
-    await sleep(120);
-    await poller.stop();
-    // With a backoff (20, 40, 80 ms...) there would be 3 or 4 calls at most.
-    expect(calls).toBeGreaterThanOrEqual(6);
+    vi.useFakeTimers();
+    try {
+      poller.start();
+      await vi.advanceTimersByTimeAsync(120);
+      await poller.stop();
+    } finally {
+      vi.useRealTimers();
+    }
+    // Every 10 ms: 12 or 13 calls in 120 ms. With a backoff (20, 40, 80 ms...) there would be 3 or 4.
+    expect(calls).toBeGreaterThanOrEqual(12);
     expect(poller.reconcileFailures).toBe(calls);
     expect(lines.join('')).not.toMatch(/List failed/);
     expect(lines.join('')).toMatch(/Acting on a PodResources listing failed/);
@@ -373,7 +384,7 @@ describe('11: PodResources gaps', () => {
     await manager.allocate(resource, [g5]);
     await manager.preStart(resource, [g4]);
     await manager.preStart(resource, [g5]);
-    await sleep(40);
+    await waitFor(() => manager.status().every((s) => s.state === 'released'), { what: 'both claim windows to pass' });
     await manager.idle();
     transport.closeFailures.add(socketOf(a));
     await expect(manager.reconcile({ takenAtMs: Date.now() + 3_600_000, byResource: new Map() })).resolves.toBeUndefined();

@@ -13,6 +13,7 @@ import { unixTransport } from '../../src/handoff/transport.js';
 import { claim, claimedFdList } from '../../src/handoff/client.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { eduGroups, handoffResource, MiB, openFdCount, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
+import { waitFor } from '../helpers/fixtures.js';
 
 let native: NativeBinding;
 let dir: string;
@@ -118,8 +119,7 @@ describe('handoff over unix sockets with real fds', () => {
     const crowd = await Promise.all(Array.from({ length: 30 }, () => rawExchange(socket, null)));
     expect(crowd.filter((t) => t.includes('PVDP_HANDOFF_BUSY')).length).toBeGreaterThanOrEqual(20);
     expect(manager.status()[0]!.state).toBe('ready');
-    await new Promise((r) => setTimeout(r, 50));
-    expect(await openFdCount()).toBe(baseline);
+    await waitFor(async () => (await openFdCount()) === baseline, { what: `the fd count back at ${baseline}` });
     const { fds } = await claim(socket);
     for (const fd of claimedFdList(fds)) closeSync(fd);
     await native.munmap(state.observers[0]!, MiB);
@@ -130,7 +130,7 @@ describe('handoff over unix sockets with real fds', () => {
     await startManager(50);
     const before = await openFdCount();
     const socket = await prepared();
-    await new Promise((r) => setTimeout(r, 100));
+    await waitFor(() => state.released === 1, { what: 'the release after the claim timeout' });
     await manager.idle();
     expect(state.released).toBe(1);
     await expect(claim(socket)).rejects.toMatchObject({ code: 'PVDP_HANDOFF_RELEASED' });
