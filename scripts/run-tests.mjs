@@ -29,11 +29,24 @@ try {
   ).length;
   failed = (json.numFailedTests ?? 0) + brokenFiles;
   skipped = (json.numPendingTests ?? 0) + (json.numTodoTests ?? 0);
+  // Named again at the end, where a log's tail (CI keeps only that) still shows them.
+  for (const file of json.testResults ?? []) {
+    const name = file.name.startsWith(root) ? file.name.slice(root.length + 1) : file.name;
+    const failures = (file.assertionResults ?? []).filter((a) => a.status === 'failed');
+    for (const a of failures) {
+      const why = (a.failureMessages?.[0] ?? '').split('\n')[0]?.slice(0, 300) ?? '';
+      console.log(`FAILED ${name} > ${a.fullName}: ${why}`);
+    }
+    if (file.status === 'failed' && failures.length === 0) console.log(`FAILED ${name}: ${(file.message ?? 'the file failed outside its tests').split('\n')[0]?.slice(0, 300)}`);
+  }
 } catch (err) {
   console.error(`No vitest report could be read (${err.message})`);
   failed += 1;
 }
 rmSync(dir, { recursive: true, force: true });
-if (run.status !== 0 && failed === 0) failed = 1;
+if (run.status !== 0 && failed === 0) {
+  console.log(`FAILED vitest exited with status ${run.status} although no test failed (an error outside the tests; see above)`);
+  failed = 1;
+}
 console.log(`${passed} passed, ${failed} failed, ${skipped} skipped`);
 process.exit(failed > 0 || passed === 0 ? 1 : 0);
