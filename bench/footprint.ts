@@ -138,14 +138,18 @@ export const footprint: Benchmark = {
       const a = await u.child.sample(false);
       await sleep(idleMs);
       const b = await u.child.sample(false);
-      const cpu = cpuMs(a, b);
-      rec.value('idle-cpu-percent-uevents', `idle CPU, share of one core, ${groups} groups, with kernel uevents (safety poll every 60 s)`, '% of a core', (cpu / idleMs) * 100, {
+      // One more minute: one whole safety-poll period once start-up's aftermath
+      // (the first poll, the heap trims, V8's memory reducer) has passed.
+      await sleep(idleMs);
+      const c = await u.child.sample(false);
+      rec.value('idle-cpu-percent-uevents-first-minute', `idle CPU, share of one core, ${groups} groups, with kernel uevents, the first minute after start-up (5 s to 65 s)`, '% of a core', (cpuMs(a, b) / idleMs) * 100);
+      rec.value('idle-cpu-percent-uevents', `idle CPU, share of one core, ${groups} groups, with kernel uevents (safety poll every 60 s), the minute after that`, '% of a core', (cpuMs(b, c) / idleMs) * 100, {
         text: 'no measurable CPU when idle (taken here as: under 1% of one core)',
         stat: 'value',
         limit: 1,
       });
       rec.note(
-        'The idle CPU goal is judged on the daemon as it runs on a node, where kernel uevents arrive and the safety poll runs every 60 s; here the uevent source is the benchmark\'s stand-in (no uevent arrives while idle). The figure without uevents (the fallback when netlink is unavailable, e.g. in a user-namespaced pod) is shown for comparison.',
+        'The idle CPU goal is judged on the daemon as it runs on a node, where kernel uevents arrive and the safety poll runs every 60 s; here the uevent source is the benchmark\'s stand-in (no uevent arrives while idle). It is judged on the second minute after start-up, which holds exactly one safety poll (any 60 s window does) and none of start-up\'s aftermath: the first poll after start-up also pays for V8\'s memory reducer and the heap trims that follow discovery, shown in the first-minute row. The figure without uevents (the fallback when netlink is unavailable, e.g. in a user-namespaced pod) is shown for comparison.',
       );
     } finally {
       await u.stop();
