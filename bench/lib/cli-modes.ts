@@ -69,7 +69,7 @@ export async function idleCli(
   roots: DiscoveryRoots,
   dir: string,
   groups: number,
-  options: { settleMs: number; idleMs: number; heap: boolean },
+  options: { settleMs: number; idleMs: number; heap: boolean; env?: NodeJS.ProcessEnv },
 ): Promise<IdleRun> {
   const configPath = join(dir, 'config.yaml');
   await writeFile(configPath, CONFIG_YAML);
@@ -110,7 +110,7 @@ export async function idleCli(
       const reported = mode === 'device-plugin-reporting' ? (a: FakeApiServer) => until(() => a.condition(NODE, CONDITION_TYPE) !== undefined, 60_000, 'the node condition') : null;
       ready = Promise.all([nextRegistration(kubelet, 60_000), nextDevices(kubelet, allHealthy(groups), 60_000)]).then(() => reported?.(api!));
     }
-    child = CliChild.spawn(args);
+    child = CliChild.spawn(args, options.env);
     const c = child;
     await Promise.race([ready, new Promise((_, reject) => c.proc.once('exit', () => reject(new Error(`the command line (${mode}) exited during start-up: ${c.stderrTail}`))))]);
     await sleep(options.settleMs);
