@@ -173,6 +173,15 @@ export class FakeApiServer {
     return this.slices.where(filter).map(clone);
   }
 
+  /**
+   * True when a stored slice that matches the filter passes `test`, which sees
+   * the stored objects themselves (no copies: cheap enough to poll while a large
+   * pool is written) and must not change them.
+   */
+  hasResourceSlice(filter: { nodeName?: string; driver?: string }, test: (slice: Readonly<Json>) => boolean): boolean {
+    return this.slices.where(filter).some(test);
+  }
+
   resourceSlice(name: string): Json | undefined {
     const slice = this.slices.get(name);
     return slice ? clone(slice) : undefined;
