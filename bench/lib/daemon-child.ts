@@ -9,10 +9,12 @@ import { createDaemon, benchSettings } from './bench-daemon.js';
 import type { ChildArgs, ChildReply, ChildRequest, ChildSample } from './child-protocol.js';
 import { collectGarbage, processSample } from './process-sample.js';
 import { FakeUeventSource } from '../../src/topology/uevents.js';
+import { loadCHeapAddon } from '../../src/c-heap.js';
 
 const args = JSON.parse(process.argv[2] ?? '{}') as ChildArgs;
 let daemon: Daemon | null = null;
 const uevents = args.fakeUevents ? new FakeUeventSource() : null;
+const cHeap = loadCHeapAddon();
 
 function sample(): ChildSample {
   return {
@@ -30,7 +32,12 @@ async function handle(req: ChildRequest): Promise<ChildReply> {
       return { id: req.id, ok: true };
     }
     case 'sample':
-      if (req.gc) collectGarbage();
+      if (req.gc) {
+        collectGarbage();
+        // What glibc keeps of freed C memory is not held by anything: give it back too, so
+        // that "after GC" compares what the daemon holds (the daemon itself trims after work).
+        await cHeap?.trim();
+      }
       return { id: req.id, ok: true, sample: sample() };
     case 'uevent':
       // "\0"-separated, as the kernel's datagram.
