@@ -12,6 +12,12 @@ import { ConfigError } from '../../src/errors.js';
 export const RUNS = { values: 3000, valid: 1000, nearValid: 3000, yaml: 2000, mutatedYaml: 1000 };
 
 /**
+ * Each property runs thousands of inputs: seconds on an idle machine, several times that on a
+ * loaded one. The default 20 s test timeout is too close; the run counts are what is tested.
+ */
+const PROPERTY_TIMEOUT_MS = 60_000;
+
+/**
  * Splits `path: message`; null when the line does not start with a path the
  * loader writes: `(top level)`, a YAML position, `YAML`, or field names and
  * indexes (`resources[0].selectors.vendors[1]`, odd keys as `["a b"]`).
@@ -172,7 +178,7 @@ describe('the configuration loader under random input', () => {
       }),
       { numRuns: RUNS.valid },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it(`never crashes on arbitrary values (${RUNS.values} runs); every problem names its path`, () => {
     // Found by this property: keys that are empty or hold spaces or ": " made lines that named no
@@ -183,7 +189,7 @@ describe('the configuration loader under random input', () => {
       numRuns: RUNS.values,
       examples: [[{ '': false }], [{ 'a b': 0, resources: [] }], [{ resources: nullProto }], [{ resources: [{ name: 'a.com/b', selectors: { 'x: y': 1 } }] }]],
     });
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it(`judges near-valid configurations (${RUNS.nearValid} runs): a ConfigError naming paths, or a configuration that keeps the schema's promises`, () => {
     let accepted = 0;
@@ -206,12 +212,12 @@ describe('the configuration loader under random input', () => {
       { numRuns: RUNS.nearValid },
     );
     expect(accepted).toBeGreaterThan(0);
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it(`never crashes on random YAML text (${RUNS.yaml} runs)`, () => {
     const yamlish = fc.stringMatching(/^[-a-z0-9:{}[\]," '\n&*!|>#%@`?.]{0,80}$/);
     fc.assert(fc.property(fc.oneof(fc.string({ maxLength: 80 }), yamlish), (text) => checkOutcome(() => parseConfigText(text))), { numRuns: RUNS.yaml });
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it(`never crashes on YAML of near-valid configurations with random edits (${RUNS.mutatedYaml} runs)`, () => {
     const edit = fc.record({ at: fc.nat(), cut: fc.nat({ max: 4 }), insert: fc.constantFrom('', ':', '- ', '\n', '"', '{', '&a ', '*a', '!!int ', '\t', '  ') });
@@ -226,5 +232,5 @@ describe('the configuration loader under random input', () => {
       }),
       { numRuns: RUNS.mutatedYaml },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 });

@@ -13,6 +13,7 @@ import { unixTransport } from '../../src/handoff/transport.js';
 import { signalExitCode } from '../../src/handoff/exec-cli.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
 import { eduGroups, handoffResource, MiB, openFdCount, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
+import { waitFor } from '../helpers/fixtures.js';
 
 const CLI = join(import.meta.dirname, '..', '..', 'dist', 'handoff', 'exec-cli.js');
 let native: NativeBinding;
@@ -102,7 +103,8 @@ describe('power-vfio-handoff exec', () => {
     expect(description.childFds).toEqual({ container: 3, memory: 4, groups: [5] });
     // What CMD wrote through the memory fd, the plugin side reads.
     expect(native.readMemory(state.observers[0]! + 200n, 14).toString()).toBe('written by CMD');
-    for (let i = 0; i < 200 && state.handedOver === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    // The wrapper may exit before the plugin has finished dropping its copies.
+    await waitFor(() => state.handedOver > 0, { what: 'the plugin to close its copies' });
     expect(state.handedOver).toBe(1);
     expect(await openFdCount()).toBeLessThanOrEqual(before - 3); // the plugin's copies are closed
   });

@@ -269,8 +269,9 @@ describe('handoff on the simulated kernel', () => {
 
   it('PodResources: a group set no pod holds is released and its directories removed; held ones stay', async () => {
     await node.manager.stop();
-    // PodResources never removes a preparation inside its claim window: a short one here.
-    node = simNode(dir, { podResourcesGraceMs: 0, claimTimeoutMs: 300 });
+    // PodResources never removes a preparation inside its claim window: a short one here, but long
+    // enough that both preparations are still ready at the first check on a loaded machine.
+    node = simNode(dir, { podResourcesGraceMs: 0, claimTimeoutMs: 2000 });
     await node.manager.start();
     const { manager, plugin } = node;
     const g5 = eduGroups()[1]!;
@@ -282,7 +283,7 @@ describe('handoff on the simulated kernel', () => {
     // Within the claim window nothing goes, held or not.
     await manager.reconcile({ ...held(['5']), takenAtMs: Date.now() });
     expect(manager.status().map((s) => s.state)).toEqual(['ready', 'ready']);
-    await waitFor(() => manager.status().every((s) => s.state === 'released'), { what: 'both claim windows to pass' });
+    await waitFor(() => manager.status().every((s) => s.state === 'released'), { timeoutMs: 15_000, what: 'both claim windows to pass' });
     await manager.idle();
     await manager.reconcile(held(['5']));
     expect(manager.status().map((s) => [s.groups, s.state])).toEqual([[[5], 'released']]);

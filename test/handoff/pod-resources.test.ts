@@ -25,7 +25,7 @@ afterEach(async () => {
   await removeDir(dir);
 });
 
-async function until(check: () => boolean, ms = 3000): Promise<void> {
+async function until(check: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
   while (!check()) {
     if (Date.now() > end) throw new Error('condition not met in time');
@@ -60,7 +60,7 @@ describe('PodResources client and poller', () => {
     expect(kubelet.listCalls - callsAtFailure).toBeLessThanOrEqual(6);
     kubelet.failing = false;
     const polls = poller.polls;
-    await until(() => poller.polls > polls, 2000);
+    await until(() => poller.polls > polls);
     await poller.stop();
     client.close();
     const calls = kubelet.listCalls;
@@ -98,6 +98,7 @@ describe('PodResources client and poller', () => {
     expect(service.manager.status().map((s) => s.state)).toEqual(['ready', 'ready']);
 
     kubelet.pods = kubelet.pods.filter((p) => p.name !== 'p4');
+    // Not before the 2 s claim window of group 4 has passed.
     await until(() => service.manager.status().length === 1);
     await service.manager.idle();
     expect(service.manager.status()[0]!.groups).toEqual([5]);

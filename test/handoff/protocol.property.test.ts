@@ -19,6 +19,12 @@ import { silentLogger } from '../../src/log.js';
 /** Inputs tried per property; the report quotes these. */
 export const RUNS = { parser: 5000, model: 5000, endpoint: 2000, description: 3000 };
 
+/**
+ * Each property runs thousands of inputs: seconds on an idle machine, several times that on a
+ * loaded one. The default 20 s test timeout is too close; the run counts are what is tested.
+ */
+const PROPERTY_TIMEOUT_MS = 60_000;
+
 const DOCUMENTED: HandoffErrorCode[] = [
   'PVDP_HANDOFF_MALFORMED',
   'PVDP_HANDOFF_TOO_LARGE',
@@ -71,7 +77,7 @@ describe('the handoff request parser', () => {
       }),
       { numRuns: RUNS.parser },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it(`agrees with the protocol page on every JSON request, with or without its newline (${RUNS.model} runs)`, () => {
     const value = fc.oneof({ weight: 4, arbitrary: requestish }, { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 2 }) });
@@ -81,7 +87,7 @@ describe('the handoff request parser', () => {
       }),
       { numRuns: RUNS.model },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 });
 
 /** A connection that hands the endpoint one scripted request line and records what it sends. */
@@ -146,7 +152,7 @@ describe('the endpoint answering random requests', () => {
       { numRuns: RUNS.endpoint },
     );
     await endpoint.close();
-  });
+  }, PROPERTY_TIMEOUT_MS);
 });
 
 describe('the client\'s check of a description', () => {
@@ -240,5 +246,5 @@ describe('the client\'s check of a description', () => {
       },
     );
     expect(accepted).toBeGreaterThan(RUNS.description / 20);
-  });
+  }, PROPERTY_TIMEOUT_MS);
 });

@@ -74,7 +74,9 @@ export function simNode(dir: string, options: Partial<HandoffManagerOptions> & {
 export interface RealFdSourceState {
   /** A second mapping of every memfd made, kept by the test to see what the claimer wrote. */
   observers: bigint[];
+  /** Preparations released, counted once the plugin's copies are closed. */
   released: number;
+  /** Preparations handed over, counted once the plugin's copies are closed. */
   handedOver: number;
 }
 
@@ -116,13 +118,15 @@ export function realFdSource(
         fds: ['container', 'memory', ...groups.map((g) => `group:${g.id}`)],
       },
       fds: [containerFd, memfd, ...groupFds],
+      // Counted after the close (the memfd's is asynchronous): a test that waits for the count
+      // can then count open fds without racing it.
       async handedOver() {
-        state.handedOver += 1;
         await closeAll();
+        state.handedOver += 1;
       },
       async release() {
-        state.released += 1;
         await closeAll();
+        state.released += 1;
       },
     };
   };

@@ -94,14 +94,16 @@ describe('handoff over unix sockets with real fds', () => {
     native.writeMemory(state.observers[0]! + 4096n, Buffer.from('from the plugin'));
     expect(native.readMemory(mine + 4096n, 15).toString()).toBe('from the plugin');
 
-    // The plugin closed its copies and removed the socket.
-    expect(state.handedOver).toBe(1);
+    // The plugin closed its copies and removed the socket. The client has its answer before the
+    // plugin's side of the claim has finished (closing the socket, then its copies): wait for it.
+    await waitFor(() => state.handedOver === 1, { what: 'the plugin to close its copies' });
     await expect(stat(socket)).rejects.toMatchObject({ code: 'ENOENT' });
     await expect(claim(socket)).rejects.toMatchObject({ code: 'PVDP_HANDOFF_NO_SOCKET' });
     for (const fd of claimedFdList(fds)) closeSync(fd);
     await native.munmap(mine, MiB);
     await native.munmap(state.observers[0]!, MiB);
-    expect(await openFdCount()).toBe(before);
+    // The plugin closes its end of the connection last, after the claim.
+    await waitFor(async () => (await openFdCount()) === before, { what: `the fd count back at ${before}` });
   });
 
   it('hostile clients (garbage, oversized, early close, many connections, wrong version) get errors or nothing, and leak nothing', async () => {

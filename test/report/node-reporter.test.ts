@@ -40,7 +40,9 @@ function reporter(options: Partial<NodeReporterOptions> = {}): NodeReporter {
     kubeConfig: api.kubeConfig(),
     nodeName: NODE,
     logger: captured.logger,
-    requestTimeoutMs: 2000,
+    // Far above what a request to the local fake server takes even on a loaded machine: a timed-out
+    // request is retried, and the tests that count requests would see the retry.
+    requestTimeoutMs: 10_000,
     backoff: { initialMs: 5, maxMs: 40, jitter: 0.2 },
     eventCoalesceMs: 5,
     heartbeatIntervalMs: 0,
@@ -337,13 +339,15 @@ describe('when the API server misbehaves', () => {
 
   it('hangs: each request times out, the reporter carries on and recovers', async () => {
     api.addFault({ respond: 'hang', times: 3 });
-    const r = reporter({ requestTimeoutMs: 100 });
+    // Short enough to wait out three hangs, long enough that the requests that do get answers are
+    // not cut short too on a loaded machine (they would keep it paused).
+    const r = reporter({ requestTimeoutMs: 500 });
     const s = snap({ 1: true, 2: 'unbound' });
     r.report(s);
     // report() returned before any request could time out: it does not wait for the API server.
     expect(r.status().lastError).toBeNull();
     await until(() => r.status().lastError?.kind === 'timeout', 'a timeout');
-    await consistent(r, s);
+    await consistent(r, s, 15_000);
     expect(warnings()).toHaveLength(1);
     expect(warnings()[0]?.msg).toBe('Kubernetes API did not answer in time; node reporting paused');
     expect(resumed()).toHaveLength(1);

@@ -24,6 +24,12 @@ import {
 /** Inputs tried per property; the report quotes these. */
 export const RUNS = 5000;
 
+/**
+ * Each property runs thousands of inputs: seconds on an idle machine, several times that on a
+ * loaded one. The default 20 s test timeout is too close; the run counts are what is tested.
+ */
+const PROPERTY_TIMEOUT_MS = 60_000;
+
 const anyText = fc.oneof(fc.string(), fc.string({ unit: 'binary' }), fc.stringMatching(/^[0-9a-fA-Fx \n\t-]{0,24}$/));
 const word32 = fc.integer({ min: 0, max: 0xffffffff });
 /** Trailing whitespace as sysfs and hand-edited trees leave it. */
@@ -52,7 +58,7 @@ describe('sysfs attribute parsers', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it('read back the ids the kernel prints (0x%04x, 0x%06x), in any case and padding', () => {
     fc.assert(
@@ -67,7 +73,7 @@ describe('sysfs attribute parsers', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it('read back numa_node, eeh_pe_config_addr and group names as printed', () => {
     fc.assert(
@@ -79,7 +85,7 @@ describe('sysfs attribute parsers', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it('PCI addresses: sysfs spellings are recognised and give their domain in hex', () => {
     const hexDigits = (n: number) => fc.nat({ max: 16 ** n - 1 }).map((v) => v.toString(16).padStart(n, '0'));
@@ -92,7 +98,7 @@ describe('sysfs attribute parsers', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 });
 
 describe('EEH decoding', () => {
@@ -104,7 +110,7 @@ describe('EEH decoding', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it('frozen exactly when ISOLATED is set or MMIO and DMA are not both active', () => {
     fc.assert(
@@ -119,7 +125,7 @@ describe('EEH decoding', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 
   it('a read of eeh_pe_state is absent, known or unknown, and never unknown without the path and a reason', () => {
     const read = fc.oneof(
@@ -143,5 +149,5 @@ describe('EEH decoding', () => {
       }),
       { numRuns: RUNS },
     );
-  });
+  }, PROPERTY_TIMEOUT_MS);
 });

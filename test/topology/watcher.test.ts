@@ -14,12 +14,12 @@ afterEach(async () => {
 });
 
 /** A watcher on the builtin node; the long default poll proves the watches did the work. */
-async function started(pollIntervalMs = 60_000): Promise<{ tree: TmpDir & { roots: { sysfsRoot: string; devRoot: string } }; watcher: TopologyWatcher; changes: TopologyChange[]; lines: Array<Record<string, unknown>> }> {
+async function started(pollIntervalMs = 60_000, debounceMs = 10): Promise<{ tree: TmpDir & { roots: { sysfsRoot: string; devRoot: string } }; watcher: TopologyWatcher; changes: TopologyChange[]; lines: Array<Record<string, unknown>> }> {
   const tree = await buildTree(builtinPowerNode());
   cleanups.push(() => tree.cleanup());
   const lines: Array<Record<string, unknown>> = [];
   const logger = createLogger({ level: 'debug', destination: { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) } });
-  const watcher = new TopologyWatcher(tree.roots, { pollIntervalMs, debounceMs: 10, logger });
+  const watcher = new TopologyWatcher(tree.roots, { pollIntervalMs, debounceMs, logger });
   cleanups.push(() => watcher.stop());
   const changes: TopologyChange[] = [];
   watcher.on('change', (c) => changes.push(c));
@@ -60,10 +60,15 @@ describe('TopologyWatcher', () => {
     const { tree, watcher, changes } = await started(40);
     // /dev/vfio/3 stays (the other function keeps vfio-pci), so only the poll can tell.
     await bindDriver(tree.roots, '0030:01:00.1', 'mlx5_core');
-    const change = await waitFor(() => changes.find((c) => c.changed.includes(3)), { what: 'change of group 3' });
-    expect(change.changed).toEqual([3]);
-    const g = watcher.current().groups.get(3);
-    expect(g?.usable).toBe(false);
+    // bindDriver removes the old driver link before it makes the new one: a poll in between sees
+    // the function unbound (a change of group 3, still usable). Wait for the final state.
+    const g = await waitFor(() => {
+      const group = watcher.current().groups.get(3);
+      return group?.usable === false ? group : null;
+    }, { what: 'group 3 unusable' });
+    const change = changes.find((c) => c.changed.includes(3));
+    expect(change?.changed).toEqual([3]);
+    expect(changes.every((c) => c.added.length === 0 && c.removed.length === 0 && c.changed.join() === '3')).toBe(true);
     expect(g?.problems).toEqual(['Function 0030:01:00.1 is bound to host driver mlx5_core; bind it to vfio-pci']);
     const stats = watcher.stats();
     expect(stats.fullScans).toBe(1);
@@ -77,7 +82,10 @@ describe('TopologyWatcher', () => {
   });
 
   it('refresh() rescans everything and emits only on a change', async () => {
-    const { tree, watcher, changes } = await started();
+    // The /dev/vfio watch sees the removal below too: with the usual 10 ms debounce its rescan can
+    // publish the change before refresh() runs (the rm resolving late on a loaded machine), and
+    // refresh() would then find nothing new. An hour of debounce leaves the work to refresh().
+    const { tree, watcher, changes } = await started(60_000, 3_600_000);
     const none = await watcher.refresh();
     expect(none).toMatchObject({ added: [], removed: [], changed: [] });
     expect(changes).toHaveLength(0);
