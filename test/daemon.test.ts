@@ -48,7 +48,8 @@ async function startDaemon(spec: NodeSpec | DiscoveryRoots = builtinPowerNode(),
     ...(reporting ? { reporter: reporting.reporter, metrics: reporting.metrics } : {}),
     ...(health ? { health } : {}),
   });
-  const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 5000)));
+  // Counted from before the daemon starts: its first scan and five registrations, generous for a loaded machine.
+  const registered = Promise.all(config.resources.map((r) => kubelet.waitForRegistration(r.name, 15_000)));
   await daemon.start();
   await registered;
 }
@@ -205,7 +206,9 @@ describe('node reporting from the whole plugin', () => {
 
   it('a rise of the AER fatal count turns the group Unhealthy, reported, and Healthy after a quiet period', async () => {
     const { api } = await withReporting();
-    health = new HealthTracker({ aerQuietMs: 1500 });
+    // The Unhealthy spell lasts the quiet period; the test must see it in ListAndWatch and in the node
+    // condition before it ends. 1.5 s left too little room on a loaded machine; 4 s leaves plenty.
+    health = new HealthTracker({ aerQuietMs: 4000 });
     const spec = builtinPowerNode();
     spec.groups.find((g) => g.id === 4)!.functions[0]!.aerFatal = 2;
     await startDaemon(spec);
@@ -214,7 +217,8 @@ describe('node reporting from the whole plugin', () => {
     await kubelet.waitForDevices('ibm.com/nvme', (d) => d.find((x) => x.ID === '4')?.health === 'Unhealthy');
     await waitFor(() => condition(api)?.status === 'False', { timeoutMs: 5000 });
     expect(condition(api)!.message).toMatch(/AER fatal errors on 0030:02:00\.0 rose from 2 to 3/);
-    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.find((x) => x.ID === '4')?.health === 'Healthy', 5000);
+    // Back after the 4 s quiet period.
+    await kubelet.waitForDevices('ibm.com/nvme', (d) => d.find((x) => x.ID === '4')?.health === 'Healthy', 15_000);
     await waitFor(() => condition(api)?.status === 'True', { timeoutMs: 5000 });
   });
 

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { SimulatedKubelet } from '../../src/simulate/kubelet.js';
 import { simulatedNodeConfig } from '../../src/simulate/node-config.js';
 import { DraKubelet } from '../../src/simulate/dra-kubelet.js';
+import { waitFor } from '../helpers/fixtures.js';
 
 const MAIN = join(import.meta.dirname, '..', '..', 'dist', 'cli', 'main.js');
 
@@ -78,22 +79,23 @@ describe('command line', () => {
       await registered;
       const gpus = await kubelet.waitForDevices('ibm.com/gpu', (d) => d.length === 2);
       expect(gpus.every((d) => d.health === 'Healthy')).toBe(true);
-      // Probes and metrics on the one HTTP port.
-      const serving = r
-        .stdout()
-        .split('\n')
-        .filter(Boolean)
-        .map((l) => JSON.parse(l) as { msg: string; port?: number })
-        .find((l) => l.msg === 'Serving /metrics, /healthz and /readyz');
-      expect(serving?.port).toBeGreaterThan(0);
-      const base = `http://127.0.0.1:${serving!.port}`;
+      // Probes and metrics on the one HTTP port. The log line comes through the stdout pipe, which
+      // need not be read by the time the registrations came through the kubelet socket.
+      const serving = await waitFor(
+        () =>
+          r
+            .stdout()
+            .split('\n')
+            .slice(0, -1) // whole lines only: the last may still be arriving
+            .filter((l) => l.startsWith('{'))
+            .map((l) => JSON.parse(l) as { msg: string; port?: number })
+            .find((l) => l.msg === 'Serving /metrics, /healthz and /readyz'),
+        { timeoutMs: 15_000, what: 'the metrics server log line' },
+      );
+      expect(serving.port).toBeGreaterThan(0);
+      const base = `http://127.0.0.1:${serving.port}`;
       expect((await fetch(`${base}/healthz`)).status).toBe(200);
-      let ready = await fetch(`${base}/readyz`);
-      for (let i = 0; i < 50 && ready.status !== 200; i++) {
-        await new Promise((res) => setTimeout(res, 100));
-        ready = await fetch(`${base}/readyz`);
-      }
-      expect(ready.status).toBe(200);
+      await waitFor(async () => (await fetch(`${base}/readyz`)).status === 200, { timeoutMs: 15_000, intervalMs: 100, what: '/readyz to answer 200' });
       const metrics = await (await fetch(`${base}/metrics`)).text();
       expect(metrics).toMatch(/power_vfio_devices\{resource="ibm.com\/gpu",health="Healthy"\} 2/);
       expect(metrics).toMatch(/power_vfio_registrations_total\{resource="ibm.com\/gpu",reason="start"\} 1/);
@@ -125,6 +127,12 @@ describe('command line', () => {
       expect(plugin.endpoint).toMatch(/^\/tmp\/pvdp-sim-[^/]+\/plugins\/power-vfio\.ibm\.com\/dra\.sock$/);
       const health = await kubelet.waitForHealth('power-vfio.ibm.com', (h) => h.length === 8, 15_000);
       expect(health.every((h) => h.pool === 'power9-sim' && h.health === 'HEALTHY')).toBe(true);
+      // The driver registers before its first publish has finished (publishing goes on in the
+      // background): a SIGTERM right after the health stream could stop it before the slices are out.
+      await waitFor(() => r.stdout().includes('"msg":"Published the ResourceSlices of this node"'), {
+        timeoutMs: 15_000,
+        what: 'the first publish',
+      });
       r.child.kill('SIGTERM');
       const { code } = await r.exit;
       expect(code).toBe(0);
