@@ -144,13 +144,22 @@ class ResourceEndpoint {
     try {
       // No directory yet (the kubelet creates it): nothing to serve in, nothing to report per resource.
       if (!(await this.manager.noteDirectory())) return this.retryQuietly();
+      let served = false;
       if (!this.server.running || !(await this.server.socketPresent())) {
         await this.server.stop();
         if (this.closed) return;
         await this.server.start();
+        served = true;
       }
       if (this.closed) return;
       kubelet = await fileIdentity(this.kubeletSocket);
+      // A run queued behind one that already registered with this kubelet on this socket
+      // (a kubelet restart ends the old stream and brings a new socket: two reasons, one
+      // registration). An ended stream or the watchdog clears registeredKubelet first.
+      if (!served && kubelet !== null && kubelet === this.registeredKubelet) {
+        this.logger.debug({ reason }, 'Already registered with this kubelet; nothing to do');
+        return;
+      }
       // Serving, and the kubelet is not up: the manager says so once; its watch registers us when it comes.
       if (kubelet === null) {
         this.manager.noteWaiting('kubelet');
