@@ -16,7 +16,7 @@ import {
   parseGroupName,
   parseAerFatalTotal,
 } from './parse.js';
-import { attrRequest, listedNames, listRequest, poolReader, readAttr, readLinkAttr, statRequest, type ReadResult, type SysfsReader } from './sysfs-read.js';
+import { attrRequest, linkRequest, listedNames, listRequest, poolReader, rareRequest, statRequest, type ReadResult, type SysfsReader } from './sysfs-read.js';
 import { WorkerReader } from './sysfs-worker.js';
 import type { DiscoveryIssue, DiscoveryRoots, EehInfo, IommuGroup, PciFunction, Topology } from './types.js';
 import { readEeh, readFunction, scanDirs, type ScanDirs } from './scan-function.js';
@@ -47,7 +47,7 @@ export interface GroupScanResult {
 /** Groups in flight through libuv's pool: keeps its threads busy without queueing thousands of requests. */
 const DEFAULT_CONCURRENCY = 32;
 /** Groups in flight through the worker: enough that each message to it carries hundreds of requests. */
-const WORKER_CONCURRENCY = 128;
+export const WORKER_CONCURRENCY = 128;
 /** Full scans of this many groups or more read through a worker thread. */
 export const WORKER_MIN_GROUPS = 128;
 
@@ -313,13 +313,11 @@ export async function discoverTopology(roots: DiscoveryRoots, options: DiscoverO
  * device node and the EEH state word. Equal fingerprints mean no rescan is
  * needed. Null when the group directory does not exist.
  */
-export async function groupFingerprint(roots: DiscoveryRoots, id: number, devNode: boolean): Promise<string | null> {
+export async function groupFingerprint(roots: DiscoveryRoots, id: number, devNode: boolean, reader: SysfsReader = poolReader): Promise<string | null> {
   const groupDir = join(iommuGroupsDir(roots), String(id));
-  let names: string[];
-  try {
-    names = await readdir(join(groupDir, 'devices'));
-  } catch (err) {
-    if (errCode(err) === 'ENOENT') {
+  const [listing] = (await reader.gather([listRequest(groupDir, 'devices')])) as [ReadResult];
+  if (!listing.ok) {
+    if (listing.code === 'ENOENT') {
       try {
         await lstat(groupDir);
       } catch {
@@ -327,24 +325,25 @@ export async function groupFingerprint(roots: DiscoveryRoots, id: number, devNod
       }
       return `nodevices|${devNode ? 1 : 0}`;
     }
-    return `error:${errCode(err)}|${devNode ? 1 : 0}`;
+    return `error:${listing.code}|${devNode ? 1 : 0}`;
   }
-  names.sort();
-  const parts = await Promise.all(
-    names.map(async (n) => {
-      const [r, aer] = await Promise.all([
-        readLinkAttr(join(groupDir, 'devices', n, 'driver')),
-        readAttr(join(groupDir, 'devices', n, 'aer_dev_fatal')),
-      ]);
-      // A rise of the AER fatal count is a health change the poll must see.
-      const aerTotal = aer.ok ? (parseAerFatalTotal(aer.text) ?? '?') : '';
-      return `${n}=${r.ok ? linkBasename(r.text) : r.code === 'ENOENT' ? '' : `?${r.code}`}:${aerTotal}`;
-    }),
-  );
+  const names = listedNames(listing.text).sort();
+  // One round of requests for the whole group: per function its driver and AER
+  // fatal counts (a rise is a health change the poll must see), and the PE's EEH state.
+  const devicesDir = join(groupDir, 'devices');
+  const requests = names.flatMap((n) => [linkRequest(join(devicesDir, n), 'driver'), rareRequest('read', join(devicesDir, n), 'aer_dev_fatal')]);
   const first = names[0];
+  if (first !== undefined) requests.push(attrRequest(join(devicesDir, first), 'eeh_pe_state'));
+  const answers = await reader.gather(requests);
+  const parts = names.map((n, i) => {
+    const r = answers[2 * i] as ReadResult;
+    const aer = answers[2 * i + 1] as ReadResult;
+    const aerTotal = aer.ok ? (parseAerFatalTotal(aer.text) ?? '?') : '';
+    return `${n}=${r.ok ? linkBasename(r.text) : r.code === 'ENOENT' ? '' : `?${r.code}`}:${aerTotal}`;
+  });
   let eeh = '';
   if (first !== undefined) {
-    const r = await readAttr(join(groupDir, 'devices', first, 'eeh_pe_state'));
+    const r = answers[2 * names.length] as ReadResult;
     eeh = r.ok ? r.text.trim() : r.code;
   }
   return `${parts.join(',')}|${devNode ? 1 : 0}|${eeh}`;

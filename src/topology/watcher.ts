@@ -14,7 +14,9 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { diffTopologies, emptyTopology, isEmptyChange } from './diff.js';
 import { isGroupNumber } from './parse.js';
-import { discoverGroup, discoverTopology, groupFingerprint, listGroupIds, listVfioDevNodes, vfioDevNodesOf, mapLimit } from './scan.js';
+import { discoverGroup, discoverTopology, groupFingerprint, listGroupIds, listVfioDevNodes, vfioDevNodesOf, mapLimit, WORKER_CONCURRENCY, WORKER_MIN_GROUPS } from './scan.js';
+import type { SysfsReader } from './sysfs-read.js';
+import { WorkerReader } from './sysfs-worker.js';
 import type { DiscoveryIssue, DiscoveryRoots, IommuGroup, Topology, TopologyChange } from './types.js';
 import type { Uevent, UeventLossError, UeventSource } from './uevents.js';
 import { DirWatches, startUeventSource, stopUeventSource, targetsOfUevents, type WatchName } from './watch-sources.js';
@@ -35,6 +37,8 @@ export interface TopologyWatcherOptions {
   onChange?: (change: TopologyChange) => void;
   /** Groups fingerprinted or scanned at once. */
   concurrency?: number;
+  /** Safety polls of this many groups or more read through a reader thread (default: as full scans). */
+  readerThreadMinGroups?: number;
   /**
    * Kernel uevents. Omitted: the netlink listener when the sysfs root is the
    * kernel's sysfs, none on a test tree. Null: none.
@@ -70,6 +74,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   readonly #log: Logger;
   readonly #onChange: ((change: TopologyChange) => void) | undefined;
   readonly #concurrency: number;
+  readonly #readerThreadMinGroups: number;
   readonly #ueventDebounceMs: number;
   /** Undefined: choose at start (netlink on real sysfs). */
   readonly #ueventOption: UeventSource | null | undefined;
@@ -107,6 +112,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#log = options.logger ?? silentLogger();
     this.#onChange = options.onChange;
     this.#concurrency = options.concurrency ?? 32;
+    this.#readerThreadMinGroups = options.readerThreadMinGroups ?? WORKER_MIN_GROUPS;
     this.#ueventDebounceMs = options.ueventDebounceMs ?? 2;
     this.#ueventOption = options.uevents;
     this.#watches = new DirWatches(roots, this.#log, () => this.#stopped, (source, filename) => this.#onWatchEvent(source, filename));
@@ -205,7 +211,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
   async #fingerprintAll(): Promise<Map<number, string>> {
     const [listing, dev] = await Promise.all([listGroupIds(this.#roots), listVfioDevNodes(this.#roots)]);
     const ids = [...new Set([...listing.ids, ...dev.groups])];
-    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)), this.#abort.signal);
+    const prints = await this.#fingerprintMany(ids, dev.groups);
     const map = new Map<number, string>();
     ids.forEach((id, i) => {
       const p = prints[i];
@@ -214,8 +220,29 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     return map;
   }
 
-  async #fingerprint(id: number, devNode: boolean): Promise<string | null> {
-    const p = await groupFingerprint(this.#roots, id, devNode);
+  /**
+   * Fingerprints of many groups. On a large node the ten or so reads per group go
+   * through a reader thread, a system call each there, instead of a trip through
+   * libuv's pool each: most of an idle node's CPU time is the safety poll. The
+   * thread lives for the pass; should it fail, the pool answers.
+   */
+  async #fingerprintMany(ids: readonly number[], devGroups: ReadonlySet<number>): Promise<(string | null)[]> {
+    const reader = ids.length >= this.#readerThreadMinGroups ? new WorkerReader() : null;
+    const signal = this.#abort.signal;
+    const onAbort = (): void => reader?.close(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await mapLimit(ids, reader !== null ? WORKER_CONCURRENCY : this.#concurrency, (id) => this.#fingerprint(id, devGroups.has(id), reader ?? undefined), signal);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      reader?.close();
+      const fellBack = reader?.stats().fellBack;
+      if (fellBack !== undefined) this.#log.warn({ reason: fellBack }, "Fingerprints read through libuv's pool: the reader thread failed");
+    }
+  }
+
+  async #fingerprint(id: number, devNode: boolean, reader?: SysfsReader): Promise<string | null> {
+    const p = await groupFingerprint(this.#roots, id, devNode, reader);
     // A device node without a group is tracked too, so its issue comes and goes.
     return p ?? (devNode ? 'orphan-dev-node' : null);
   }
@@ -225,7 +252,7 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     this.#stats.polls++;
     const [listing, dev] = await Promise.all([listGroupIds(this.#roots), listVfioDevNodes(this.#roots)]);
     const ids = [...new Set([...listing.ids, ...dev.groups, ...this.#fingerprints.keys(), ...this.#groups.keys()])];
-    const prints = await mapLimit(ids, this.#concurrency, (id) => this.#fingerprint(id, dev.groups.has(id)), this.#abort.signal);
+    const prints = await this.#fingerprintMany(ids, dev.groups);
     const dirty: number[] = [];
     const fresh = new Map<number, string | null>();
     ids.forEach((id, i) => {

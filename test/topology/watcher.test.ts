@@ -14,12 +14,12 @@ afterEach(async () => {
 });
 
 /** A watcher on the builtin node; the long default poll proves the watches did the work. */
-async function started(pollIntervalMs = 60_000, debounceMs = 10): Promise<{ tree: TmpDir & { roots: { sysfsRoot: string; devRoot: string } }; watcher: TopologyWatcher; changes: TopologyChange[]; lines: Array<Record<string, unknown>> }> {
+async function started(pollIntervalMs = 60_000, debounceMs = 10, readerThreadMinGroups?: number): Promise<{ tree: TmpDir & { roots: { sysfsRoot: string; devRoot: string } }; watcher: TopologyWatcher; changes: TopologyChange[]; lines: Array<Record<string, unknown>> }> {
   const tree = await buildTree(builtinPowerNode());
   cleanups.push(() => tree.cleanup());
   const lines: Array<Record<string, unknown>> = [];
   const logger = createLogger({ level: 'debug', destination: { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) } });
-  const watcher = new TopologyWatcher(tree.roots, { pollIntervalMs, debounceMs, logger });
+  const watcher = new TopologyWatcher(tree.roots, { pollIntervalMs, debounceMs, logger, ...(readerThreadMinGroups !== undefined ? { readerThreadMinGroups } : {}) });
   cleanups.push(() => watcher.stop());
   const changes: TopologyChange[] = [];
   watcher.on('change', (c) => changes.push(c));
@@ -56,8 +56,12 @@ describe('TopologyWatcher', () => {
     expect(lines).toContainEqual(expect.objectContaining({ msg: 'Topology changed', changed: [0], level: 'info' }));
   });
 
-  it('the poll finds a driver rebinding that no watch sees, rescanning only that group', async () => {
-    const { tree, watcher, changes } = await started(40);
+  // The builtin node is small: its polls go through libuv's pool unless the reader thread is asked for.
+  it.each([
+    ['libuv\'s pool', undefined],
+    ['the reader thread', 1],
+  ])('the poll (through %s) finds a driver rebinding that no watch sees, rescanning only that group', async (_how, readerThreadMinGroups) => {
+    const { tree, watcher, changes } = await started(40, 10, readerThreadMinGroups);
     // /dev/vfio/3 stays (the other function keeps vfio-pci), so only the poll can tell.
     await bindDriver(tree.roots, '0030:01:00.1', 'mlx5_core');
     // bindDriver removes the old driver link before it makes the new one: a poll in between sees
@@ -75,8 +79,11 @@ describe('TopologyWatcher', () => {
     expect(new Set(stats.recentRescans)).toEqual(new Set([3]));
   });
 
-  it('the poll notices an EEH freeze', async () => {
-    const { tree, watcher } = await started(40);
+  it.each([
+    ['libuv\'s pool', undefined],
+    ['the reader thread', 1],
+  ])('the poll (through %s) notices an EEH freeze', async (_how, readerThreadMinGroups) => {
+    const { tree, watcher } = await started(40, 10, readerThreadMinGroups);
     await writeFile(join(tree.dir, 'sys/bus/pci/devices/0035:01:00.0/eeh_pe_state'), '0x00000000 0x00000801\n');
     await waitFor(() => watcher.current().groups.get(5)?.eeh?.frozen, { what: 'group 5 frozen' });
   });

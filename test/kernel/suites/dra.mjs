@@ -75,7 +75,7 @@ export function evaluate(machine, r) {
     ...HANDOFF_ROUNDS.filter(
       (t) => !has(t, 'pod: edu DMA RAM -> device -> RAM') || !has(t, 'NodeUnprepareResources while the pod holds') || !has(t, "after the pod exits the driver's VmLck"),
     ),
-    ...(has('discovery', 'every function') ? [] : ['discovery']),
+    ...(has('discovery', 'every function') && has('discovery', "every group's safety-poll fingerprint") ? [] : ['discovery']),
     ...(has('verify', 'NodeUnprepareResources removes') ? [] : ['verify']),
     ...(has('managed', 'NodeUnprepareResources gives') ? [] : ['managed']),
     ...(has('stub', 'NodeUnprepareResources gives') ? [] : ['stub']),

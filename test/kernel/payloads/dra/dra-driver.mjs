@@ -55,7 +55,9 @@ const { resourceSchema, parseByteSize } = await load('config/schema.js');
 const { capabilitiesOf } = await load('prepare/capabilities.js');
 const { createLogger } = await load('log.js');
 const { DEFAULT_HANDOFF_CONTAINER_DIR } = await load('handoff/service.js');
-const { discoverTopology } = await load('topology/scan.js');
+const { discoverTopology, groupFingerprint, listGroupIds } = await load('topology/scan.js');
+const { poolReader } = await load('topology/sysfs-read.js');
+const { WorkerReader } = await load('topology/sysfs-worker.js');
 
 const b = await nativeBinding();
 const memoryBytes = parseByteSize(memorySize);
@@ -634,6 +636,25 @@ async function discoveryRound(tag) {
     }
   }
   report(wrong.length === 0, tag, "every function's vendor, device and class agree with its attribute files", wrong.join('; ') || `uevent of the first: ${sample}`);
+  // The safety poll's fingerprints (driver links, AER fatal counts, EEH state) read both ways.
+  const { ids } = await listGroupIds(roots);
+  const reader = new WorkerReader();
+  const viaPool = [];
+  const viaThread = [];
+  try {
+    for (const id of ids) {
+      viaPool.push(await groupFingerprint(roots, id, existsSync(`/dev/vfio/${id}`), poolReader));
+      viaThread.push(await groupFingerprint(roots, id, existsSync(`/dev/vfio/${id}`), reader));
+    }
+  } finally {
+    reader.close();
+  }
+  report(
+    ids.length > 0 && JSON.stringify(viaPool) === JSON.stringify(viaThread) && reader.stats().fellBack === undefined,
+    tag,
+    "every group's safety-poll fingerprint is the same through the reader thread as through the thread pool",
+    `${ids.length} groups: ${ids.map((id, i) => `${id} ${viaThread[i]}`).join(" ; ").slice(0, 600)}`,
+  );
 }
 
 let lStart = null;
