@@ -5,8 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { discoverGroup, discoverTopology, groupFingerprint, listGroupIds, listVfioDevNodes, TopologyWatcher } from '../src/topology/discover.js';
-import { mapLimit } from '../src/topology/scan.js';
+import { discoverGroup, discoverTopology, fingerprintGroups, listGroupIds, listVfioDevNodes, TopologyWatcher } from '../src/topology/discover.js';
 import type { DiscoveryRoots, TopologyChange } from '../src/topology/types.js';
 import { setEehState } from '../src/simulate/sysfs-tree.js';
 import { EEH_HEALTHY } from '../test/helpers/fixtures.js';
@@ -38,7 +37,8 @@ function nextChange(watcher: TopologyWatcher, pred: (c: TopologyChange) => boole
 async function fingerprintPass(roots: DiscoveryRoots): Promise<number> {
   const [listing, dev] = await Promise.all([listGroupIds(roots), listVfioDevNodes(roots)]);
   const ids = [...new Set([...listing.ids, ...dev.groups])];
-  const prints = await mapLimit(ids, 32, (id) => groupFingerprint(roots, id, dev.groups.has(id)));
+  // As the watcher's poll does it: through a reader thread from WORKER_MIN_GROUPS groups on.
+  const prints = await fingerprintGroups(roots, ids, dev.groups);
   return prints.filter((p) => p !== null).length;
 }
 
@@ -283,7 +283,7 @@ export const discovery: Benchmark = {
       'Rescan figures time one change from the moment the file system change is complete to the watcher\'s `change` event, with the debounce set to 0 (the daemon\'s default debounce adds 50 ms on purpose, to merge bursts). The change is /dev/vfio/N vanishing and coming back, which is what devtmpfs reports when a group loses or regains its last vfio-bound device; changes real sysfs does not announce (driver of one function, EEH) wait for the safety poll, whose cost is the "quiet poll" row.',
     );
     rec.note(
-      'Full scans of 128 groups or more read through a worker thread (sysfs-worker.ts); smaller ones, one group rescanned alone and the quiet poll go through libuv\'s pool. The longest event-loop block is the worst gap between ticks of a 1 ms timer during a scan; on a shared machine part of it is the main thread waiting for a core, which the "main thread\'s own CPU time" rows separate out (from /proc/self/task/<pid>/schedstat): the longest stretch the scan\'s own work held the loop is the "most main-thread CPU time between two timer ticks" row.',
+      'Full scans and quiet polls of 128 groups or more read through a worker thread (sysfs-worker.ts); smaller ones and one group rescanned alone go through libuv\'s pool. The longest event-loop block is the worst gap between ticks of a 1 ms timer during a scan; on a shared machine part of it is the main thread waiting for a core, which the "main thread\'s own CPU time" rows separate out (from /proc/self/task/<pid>/schedstat): the longest stretch the scan\'s own work held the loop is the "most main-thread CPU time between two timer ticks" row.',
     );
     rec.note('The trees are real directories and symlinks on the machine\'s file system (here tmpfs or disk, not sysfs): a real sysfs read costs differently, so the shape (per-group cost, one-group rescans) matters more than the absolute times.');
   },

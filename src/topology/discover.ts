@@ -4,6 +4,7 @@ export {
   discoverTopology,
   discoverGroup,
   groupFingerprint,
+  fingerprintGroups,
   groupProblems,
   hostDriverProblem,
   devNodeProblem,

@@ -47,7 +47,7 @@ export interface GroupScanResult {
 /** Groups in flight through libuv's pool: keeps its threads busy without queueing thousands of requests. */
 const DEFAULT_CONCURRENCY = 32;
 /** Groups in flight through the worker: enough that each message to it carries hundreds of requests. */
-export const WORKER_CONCURRENCY = 128;
+const WORKER_CONCURRENCY = 128;
 /** Full scans of this many groups or more read through a worker thread. */
 export const WORKER_MIN_GROUPS = 128;
 
@@ -347,4 +347,31 @@ export async function groupFingerprint(roots: DiscoveryRoots, id: number, devNod
     eeh = r.ok ? r.text.trim() : r.code;
   }
   return `${parts.join(',')}|${devNode ? 1 : 0}|${eeh}`;
+}
+
+/**
+ * Fingerprints of many groups, in order: the safety poll's pass. On a large
+ * node (`readerThreadMinGroups` groups or more, by default as for full scans)
+ * the ten or so reads per group go through a reader thread, a system call each
+ * there, instead of a trip through libuv's pool each; on an idle node most CPU
+ * time is this pass. The thread lives for the pass; should it fail, the pool answers.
+ */
+export async function fingerprintGroups(
+  roots: DiscoveryRoots,
+  ids: readonly number[],
+  devGroups: ReadonlySet<number>,
+  options: { readerThreadMinGroups?: number; concurrency?: number; signal?: AbortSignal; logger?: Logger } = {},
+): Promise<(string | null)[]> {
+  const reader = ids.length >= (options.readerThreadMinGroups ?? WORKER_MIN_GROUPS) ? new WorkerReader() : null;
+  const signal = options.signal;
+  const onAbort = (): void => reader?.close(signal?.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await mapLimit(ids, reader !== null ? WORKER_CONCURRENCY : (options.concurrency ?? DEFAULT_CONCURRENCY), (id) => groupFingerprint(roots, id, devGroups.has(id), reader ?? poolReader), signal);
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    reader?.close();
+    const fellBack = reader?.stats().fellBack;
+    if (fellBack !== undefined) options.logger?.warn({ reason: fellBack }, "Fingerprints read through libuv's pool: the reader thread failed");
+  }
 }

@@ -1,4 +1,4 @@
-// A reader for full scans of large nodes: one worker thread answers requests
+// A reader for full scans and safety polls of large nodes: one worker thread answers requests
 // in batches with synchronous system calls, so a request costs a system call
 // or three instead of a trip through libuv's pool and back (a futex wake, an
 // epoll wake-up and a promise each). The main thread only ships batches and

@@ -14,9 +14,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { diffTopologies, emptyTopology, isEmptyChange } from './diff.js';
 import { isGroupNumber } from './parse.js';
-import { discoverGroup, discoverTopology, groupFingerprint, listGroupIds, listVfioDevNodes, vfioDevNodesOf, mapLimit, WORKER_CONCURRENCY, WORKER_MIN_GROUPS } from './scan.js';
-import type { SysfsReader } from './sysfs-read.js';
-import { WorkerReader } from './sysfs-worker.js';
+import { discoverGroup, discoverTopology, fingerprintGroups, groupFingerprint, listGroupIds, listVfioDevNodes, vfioDevNodesOf, mapLimit, WORKER_MIN_GROUPS } from './scan.js';
 import type { DiscoveryIssue, DiscoveryRoots, IommuGroup, Topology, TopologyChange } from './types.js';
 import type { Uevent, UeventLossError, UeventSource } from './uevents.js';
 import { DirWatches, startUeventSource, stopUeventSource, targetsOfUevents, type WatchName } from './watch-sources.js';
@@ -220,29 +218,19 @@ export class TopologyWatcher extends EventEmitter<{ change: [TopologyChange] }> 
     return map;
   }
 
-  /**
-   * Fingerprints of many groups. On a large node the ten or so reads per group go
-   * through a reader thread, a system call each there, instead of a trip through
-   * libuv's pool each: most of an idle node's CPU time is the safety poll. The
-   * thread lives for the pass; should it fail, the pool answers.
-   */
+  /** Fingerprints of many groups (through a reader thread on a large node), as #fingerprint gives them. */
   async #fingerprintMany(ids: readonly number[], devGroups: ReadonlySet<number>): Promise<(string | null)[]> {
-    const reader = ids.length >= this.#readerThreadMinGroups ? new WorkerReader() : null;
-    const signal = this.#abort.signal;
-    const onAbort = (): void => reader?.close(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    try {
-      return await mapLimit(ids, reader !== null ? WORKER_CONCURRENCY : this.#concurrency, (id) => this.#fingerprint(id, devGroups.has(id), reader ?? undefined), signal);
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-      reader?.close();
-      const fellBack = reader?.stats().fellBack;
-      if (fellBack !== undefined) this.#log.warn({ reason: fellBack }, "Fingerprints read through libuv's pool: the reader thread failed");
-    }
+    const prints = await fingerprintGroups(this.#roots, ids, devGroups, {
+      readerThreadMinGroups: this.#readerThreadMinGroups,
+      concurrency: this.#concurrency,
+      signal: this.#abort.signal,
+      logger: this.#log,
+    });
+    return prints.map((p, i) => p ?? (devGroups.has(ids[i] as number) ? 'orphan-dev-node' : null));
   }
 
-  async #fingerprint(id: number, devNode: boolean, reader?: SysfsReader): Promise<string | null> {
-    const p = await groupFingerprint(this.#roots, id, devNode, reader);
+  async #fingerprint(id: number, devNode: boolean): Promise<string | null> {
+    const p = await groupFingerprint(this.#roots, id, devNode);
     // A device node without a group is tracked too, so its issue comes and goes.
     return p ?? (devNode ? 'orphan-dev-node' : null);
   }
