@@ -149,7 +149,7 @@ export const footprint: Benchmark = {
         limit: 1,
       });
       rec.note(
-        'The idle CPU goal is judged on the daemon as it runs on a node, where kernel uevents arrive and the safety poll runs every 60 s; here the uevent source is the benchmark\'s stand-in (no uevent arrives while idle). It is judged on the second minute after start-up, which holds exactly one safety poll (any 60 s window does) and none of start-up\'s aftermath: the first poll after start-up also pays for V8\'s memory reducer and the heap trims that follow discovery, shown in the first-minute row. The figure without uevents (the fallback when netlink is unavailable, e.g. in a user-namespaced pod) is shown for comparison.',
+        'The idle CPU goal is judged on the daemon as it runs on a node, where kernel uevents arrive and the safety poll runs every 60 s; here the uevent source is the benchmark\'s stand-in (no uevent arrives while idle). It is judged on the second minute after start-up, a whole safety-poll period (any 60 s window holds one poll), away from start-up\'s own trims and collections; the first minute is shown beside it for comparison. The figure without uevents (the fallback when netlink is unavailable, e.g. in a user-namespaced pod) is shown for comparison.',
       );
     } finally {
       await u.stop();
