@@ -12,7 +12,7 @@ import { HandoffManager } from '../../src/handoff/manager.js';
 import { unixClaimTransport, unixTransport, type ClaimTransport, type HandoffConnection, type HandoffTransport } from '../../src/handoff/transport.js';
 import { busyBackoffMs, claim, claimedFdList } from '../../src/handoff/client.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
-import { eduGroups, handoffResource, MiB, openFdCount, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
+import { busyThenSilent, eduGroups, handoffResource, MiB, openFdCount, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
 import { waitFor } from '../helpers/fixtures.js';
 
 let native: NativeBinding;
@@ -161,15 +161,7 @@ describe('BUSY reaches the client as the coded error', () => {
 
   it('a retry that the deadline cuts short after a BUSY answer ends as PVDP_HANDOFF_BUSY, not as a timeout', async () => {
     const path = join(dir, 'busy-then-silent.sock');
-    const held: net.Socket[] = [];
-    let connections = 0;
-    const server = net.createServer((s) => {
-      connections += 1;
-      held.push(s);
-      // The first attempt is told BUSY; every retry is accepted and never answered.
-      if (connections === 1) s.end('{"protocol":1,"result":"error","error":{"code":"PVDP_HANDOFF_BUSY","message":"Too many connections"}}\n');
-    });
-    await new Promise<void>((r) => server.listen(path, r));
+    const server = await busyThenSilent(path);
     try {
       // The deadline leaves ample time for the BUSY answer and the retry, which then waits it out.
       const err = await claim(path, { timeoutMs: 2000, backoff: { initialMs: 5, maxMs: 10 } }).catch((e: unknown) => e);
@@ -178,10 +170,9 @@ describe('BUSY reaches the client as the coded error', () => {
         message: 'Too many connections (still busy after 1 attempts within 2000 ms; one more had no answer by the deadline)',
         cause: expect.objectContaining({ code: 'PVDP_HANDOFF_TIMEOUT' }),
       });
-      expect(connections).toBe(2);
+      expect(server.connections()).toBe(2);
     } finally {
-      for (const s of held) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
+      await server.close();
     }
   });
 

@@ -11,7 +11,7 @@ import { createNativeBinding, type NativeBinding } from '../../src/vfio/native-b
 import { HandoffManager, type HandoffSource } from '../../src/handoff/manager.js';
 import { unixTransport } from '../../src/handoff/transport.js';
 import { HANDOFF_SOCKET_NAME } from '../../src/handoff/protocol.js';
-import { eduGroups, handoffResource, MiB, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
+import { busyThenSilent, eduGroups, handoffResource, MiB, realFdSource, removeDir, tempDir, type RealFdSourceState } from './support.js';
 import { waitFor } from '../helpers/fixtures.js';
 
 const CLIENT_DIR = join(import.meta.dirname, '..', '..', 'clients', 'c');
@@ -246,15 +246,7 @@ describe.skipIf(!hasCc)('C client', () => {
 
   it('a retry that the deadline cuts short after a BUSY answer ends as BUSY, not as a timeout', async () => {
     const path = join(dir, 'busy-then-silent.sock');
-    const held: net.Socket[] = [];
-    let connections = 0;
-    const server = net.createServer((s) => {
-      connections += 1;
-      held.push(s);
-      // The first attempt is told BUSY; every retry is accepted and never answered.
-      if (connections === 1) s.end('{"protocol":1,"result":"error","error":{"code":"PVDP_HANDOFF_BUSY","message":"Too many connections"}}\n');
-    });
-    await new Promise<void>((r) => server.listen(path, r));
+    const server = await busyThenSilent(path);
     try {
       const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
         // The deadline leaves ample time for the BUSY answer and the retry, which then waits it out.
@@ -267,10 +259,9 @@ describe.skipIf(!hasCc)('C client', () => {
       expect(r.stderr).not.toMatch(/Sanitizer|runtime error/);
       expect(r.code, r.stderr).toBe(1);
       expect(r.stderr).toMatch(/^claim failed: PVDP_HANDOFF_BUSY: Too many connections \(still busy after 1 attempts within 2000 ms; one more had no answer by the deadline\)$/m);
-      expect(connections).toBe(2);
+      expect(server.connections()).toBe(2);
     } finally {
-      for (const s of held) s.destroy();
-      await new Promise<void>((r) => server.close(() => r()));
+      await server.close();
     }
   });
 

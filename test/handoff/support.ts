@@ -1,6 +1,7 @@
 // Shared pieces of the handoff tests: configs, a simulated node with the
 // handoff manager on the simulated transport, fd counting.
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import net from 'node:net';
 import { parseConfigText } from '../../src/config/load.js';
 import type { ResourceConfig } from '../../src/config/schema.js';
 import { SimulatedKernel, type SimulatedProcess } from '../../src/vfio/simulated-kernel.js';
@@ -131,4 +132,24 @@ export function realFdSource(
     };
   };
   return { source, state };
+}
+
+/**
+ * A socket whose first connection is told BUSY and whose later ones are accepted
+ * and never answered: a claim's retry that only its deadline ends.
+ */
+export async function busyThenSilent(path: string): Promise<{ connections: () => number; close: () => Promise<void> }> {
+  const held: net.Socket[] = [];
+  const server = net.createServer((s) => {
+    held.push(s);
+    if (held.length === 1) s.end('{"protocol":1,"result":"error","error":{"code":"PVDP_HANDOFF_BUSY","message":"Too many connections"}}\n');
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return {
+    connections: () => held.length,
+    close: async () => {
+      for (const s of held) s.destroy();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
 }
