@@ -331,7 +331,10 @@ export async function groupFingerprint(roots: DiscoveryRoots, id: number, devNod
   // One round of requests for the whole group: per function its driver and AER
   // fatal counts (a rise is a health change the poll must see), and the PE's EEH state.
   const devicesDir = join(groupDir, 'devices');
-  const requests = names.flatMap((n) => [linkRequest(join(devicesDir, n), 'driver'), rareRequest('read', join(devicesDir, n), 'aer_dev_fatal')]);
+  const requests = names.flatMap((n) => {
+    const dir = join(devicesDir, n);
+    return [linkRequest(dir, 'driver'), rareRequest('read', dir, 'aer_dev_fatal')];
+  });
   const first = names[0];
   if (first !== undefined) requests.push(attrRequest(join(devicesDir, first), 'eeh_pe_state'));
   const answers = await reader.gather(requests);
